@@ -1,0 +1,137 @@
+"""SageMaker Processing job: raw meter files of one customer -> one clean, regular load table.
+
+Inputs (ProcessingInputs, staged by SageMaker):
+  /opt/ml/processing/input/raw        the customer's raw files (a ManifestFile input)
+  /opt/ml/processing/input/manifest   raw_load.json: the files validated by Dagster, with hashes
+Outputs (ProcessingOutputs, uploaded by SageMaker):
+  /opt/ml/processing/output/preprocessed/load.parquet   timestamp, device_id, energy_kwh, is_filled, is_gap
+  /opt/ml/processing/output/preprocessed/devices.json   one entry per device (vendor, first/last reading)
+  /opt/ml/processing/output/preprocessed/quality.json   duplicates, conflicts, filled and missing readings
+
+Only files listed in the manifest are read, and each must still have the SHA-256 it was validated
+with: a file rewritten after validation fails the job instead of slipping in unchecked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
+
+from forecast_core.cleaning import deduplicate, regularize  # noqa: E402
+from forecast_core.runtime import Report, run_job  # noqa: E402
+from forecast_core.vendors import VENDORS_BY_NAME, MeterFileError, parse_meter_file  # noqa: E402
+
+PROCESSING = Path("/opt/ml/processing")
+
+
+class InputError(ValueError):
+    """Raised with the customer and file in the message."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customer-id", required=True)
+    parser.add_argument("--raw-dir", type=Path, default=PROCESSING / "input" / "raw")
+    parser.add_argument("--manifest", type=Path, default=PROCESSING / "input" / "manifest" / "raw_load.json")
+    parser.add_argument("--output-dir", type=Path, default=PROCESSING / "output" / "preprocessed")
+    parser.add_argument("--interval", default="1h", help="target resolution, e.g. 1h or 30min")
+    parser.add_argument("--max-fill-gap", default="1h", help="longest gap filled by interpolation")
+    return parser.parse_args(argv)
+
+
+def load_files(args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, dict]]:
+    manifest = json.loads(args.manifest.read_text())
+    customer = args.customer_id
+    if manifest.get("customer_id") != customer:
+        raise InputError(
+            f"customer '{customer}': manifest {args.manifest} is for customer "
+            f"'{manifest.get('customer_id')}'"
+        )
+    frames = []
+    device_vendor: dict[str, dict] = {}
+    for entry in manifest["files"]:
+        path = args.raw_dir / entry["relative_path"]
+        uri = entry["uri"]
+        if not path.exists():
+            raise InputError(f"customer '{customer}', file '{uri}': was not staged into {path}")
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            raise InputError(
+                f"customer '{customer}', file '{uri}': content changed since it was validated "
+                f"(sha256 {digest[:12]}… != {entry['sha256'][:12]}…); materialize raw_load again"
+            )
+        try:
+            frame = parse_meter_file(data, uri, VENDORS_BY_NAME[entry["vendor"]])
+        except MeterFileError as exc:
+            raise InputError(f"customer '{customer}', {exc}") from exc
+        for device in frame["device_id"].unique():
+            device_vendor.setdefault(str(device), {"vendor": entry["vendor"], "files": 0})
+            device_vendor[str(device)]["files"] += 1
+        frames.append(frame)
+    if not frames:
+        raise InputError(f"customer '{customer}': the manifest lists no files")
+    return pd.concat(frames, ignore_index=True), device_vendor
+
+
+def main(report: Report, argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    readings, device_vendor = load_files(args)
+    report.log(f"parsed {len(readings)} readings from {len(device_vendor)} device(s)")
+    readings, dedup = deduplicate(readings)
+    try:
+        table, gaps = regularize(readings, args.interval, args.max_fill_gap)
+    except ValueError as exc:
+        raise InputError(f"customer '{args.customer_id}': {exc}") from exc
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(args.output_dir / "load.parquet", index=False)
+    devices = []
+    for device, group in readings.groupby("device_id", sort=True):
+        devices.append(
+            {
+                "device_id": str(device),
+                "vendor": device_vendor[str(device)]["vendor"],
+                "first_reading": group["timestamp"].min().isoformat(),
+                "last_reading": group["timestamp"].max().isoformat(),
+                "readings": len(group),
+            }
+        )
+    (args.output_dir / "devices.json").write_text(json.dumps(devices, indent=2))
+    quality = {
+        "input_readings": int(len(readings) + dedup.exact_duplicates),
+        "exact_duplicates_dropped": dedup.exact_duplicates,
+        "conflicting_readings": dedup.conflicts,
+        "conflict_examples": dedup.conflict_examples,
+        "filled_readings": gaps.filled_readings,
+        "gap_intervals": gaps.gap_intervals,
+        "long_gaps": gaps.long_gaps,
+        "native_interval_minutes": gaps.native_interval_minutes,
+        "interval": args.interval,
+    }
+    (args.output_dir / "quality.json").write_text(json.dumps(quality, indent=2))
+
+    report.materialization(
+        {
+            "rows": len(table),
+            "devices": len(devices),
+            "start": table["timestamp"].min().isoformat(),
+            "end": table["timestamp"].max().isoformat(),
+            "gap_ratio": round(float(table["is_gap"].mean()), 6),
+            "exact_duplicates_dropped": dedup.exact_duplicates,
+            "conflicting_readings": dedup.conflicts,
+            "filled_readings": gaps.filled_readings,
+            "long_gaps": len(gaps.long_gaps),
+        }
+    )
+
+
+if __name__ == "__main__":
+    run_job("processing", main)

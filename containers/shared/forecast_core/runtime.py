@@ -1,0 +1,133 @@
+"""The job side of SageMaker's container contract, and reporting back to Dagster through Pipes.
+
+SageMaker gives a container its inputs and takes its outputs at fixed paths under ``/opt/ml``;
+the training toolkit also exports them as ``SM_*`` variables. Scripts here read the variables and
+fall back to the fixed paths, so they run unchanged in a prebuilt SageMaker image, in a custom
+image built from ``containers/``, and in the local launcher (which points the variables at a job
+directory on this machine).
+
+A script that fails writes its reason where SageMaker looks for it: ``/opt/ml/output/failure`` for
+training jobs (DescribeTrainingJob's FailureReason) and ``/opt/ml/output/message`` for
+processing jobs (DescribeProcessingJob's ExitMessage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+JobKind = Literal["processing", "training"]
+
+OPT_ML = Path("/opt/ml")
+# SageMaker keeps only the first 1 KB of either file.
+_REASON_LIMIT = 1024
+
+
+def output_dir() -> Path:
+    return Path(os.environ.get("SM_OUTPUT_DIR", OPT_ML / "output"))
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("SM_MODEL_DIR", OPT_ML / "model"))
+
+
+def output_data_dir() -> Path:
+    return Path(os.environ.get("SM_OUTPUT_DATA_DIR", OPT_ML / "output" / "data"))
+
+
+def channel_dir(name: str) -> Path:
+    return Path(os.environ.get(f"SM_CHANNEL_{name.upper()}", OPT_ML / "input" / "data" / name))
+
+
+def input_config_dir() -> Path:
+    return Path(os.environ.get("SM_INPUT_CONFIG_DIR", OPT_ML / "input" / "config"))
+
+
+def hyperparameters() -> dict[str, Any]:
+    """Training hyperparameters. SageMaker stores every value as a string; JSON ones are decoded."""
+    path = input_config_dir() / "hyperparameters.json"
+    raw: Mapping[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    decoded: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            decoded[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            decoded[key] = value
+    return decoded
+
+
+def write_failure(kind: JobKind, reason: str) -> None:
+    name = "failure" if kind == "training" else "message"
+    path = output_dir() / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Cut at the byte limit, then drop a multi-byte character the cut may have split.
+    path.write_bytes(
+        reason.encode("utf-8")[:_REASON_LIMIT].decode("utf-8", "ignore").encode("utf-8")
+    )
+
+
+class Report:
+    """Where a job script reports what it produced. Outside Dagster it prints to stdout."""
+
+    def materialization(self, metadata: Mapping[str, Any]) -> None:
+        print("report:", json.dumps(dict(metadata), default=str, sort_keys=True), flush=True)
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+
+class PipesReport(Report):
+    def __init__(self, pipes: Any):
+        self._pipes = pipes
+
+    def materialization(self, metadata: Mapping[str, Any]) -> None:
+        super().materialization(metadata)
+        self._pipes.report_asset_materialization(metadata=dict(metadata))
+
+    def log(self, message: str) -> None:
+        super().log(message)
+
+
+@contextmanager
+def open_report() -> Iterator[Report]:
+    """A Pipes session when Dagster launched this job, otherwise a plain stdout report.
+
+    The bootstrap parameters say where context and messages travel: through files on this
+    machine for the local launcher, or through S3 for SageMaker (params carry a ``bucket``).
+    """
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    params = PipesEnvVarParamsLoader()
+    if not params.is_dagster_pipes_process():
+        yield Report()
+        return
+    context_loader = message_writer = None
+    if "bucket" in params.load_context_params() or "bucket" in params.load_messages_params():
+        import boto3
+        from dagster_pipes import PipesS3ContextLoader, PipesS3MessageWriter
+
+        s3 = boto3.client("s3")
+        if "bucket" in params.load_context_params():
+            context_loader = PipesS3ContextLoader(client=s3)
+        if "bucket" in params.load_messages_params():
+            message_writer = PipesS3MessageWriter(client=s3)
+    with open_dagster_pipes(context_loader=context_loader, message_writer=message_writer) as pipes:
+        yield PipesReport(pipes)
+
+
+def run_job(kind: JobKind, main: Callable[[Report], None]) -> None:
+    """Run a job's main function with reporting; on any error write the reason and exit 1."""
+    try:
+        with open_report() as report:
+            main(report)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        write_failure(kind, reason)
+        traceback.print_exc(file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,165 @@
+"""SageMaker Training job: fit one customer's load-forecast model and score it on a holdout.
+
+Contract (SageMaker training, script mode or custom image):
+  channel "train"   SM_CHANNEL_TRAIN/load.parquet, the preprocessed load table
+  hyperparameters   /opt/ml/input/config/hyperparameters.json (see DEFAULTS)
+  SM_MODEL_DIR      model.joblib, feature_spec.json, normalization.json, metrics.json
+                    (SageMaker packs this folder into model.tar.gz)
+  SM_OUTPUT_DATA_DIR holdout.csv (customer load against forecast and baseline), metrics.json
+
+The last ``holdout_days`` are held out, in time order. The model and a seasonal-naive baseline
+(same time last week) are scored on the customer's total load over the same holdout hours, so
+the two figures are comparable. With ``refit_full`` the saved model is then refitted on all data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestRegressor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
+
+from forecast_core import runtime  # noqa: E402
+from forecast_core.features import (  # noqa: E402
+    build_features,
+    make_feature_spec,
+    normalization_scales,
+    regular_grid,
+)
+from forecast_core.metrics import regression_metrics, seasonal_naive  # noqa: E402
+
+DEFAULTS: dict[str, Any] = {
+    "n_estimators": 100,
+    "max_depth": None,
+    "min_samples_leaf": 5,
+    "max_features": 0.5,
+    "random_state": 42,
+    "holdout_days": 28,
+    "horizon_hours": 48,
+    "timezone": "Europe/Berlin",
+    "holiday_country": "DE",
+    "refit_full": True,
+}
+# Beyond the holdout, at least this much history must remain to learn from.
+MIN_TRAIN_DAYS = 21
+
+
+class TrainingInputError(ValueError):
+    pass
+
+
+def fit(X: pd.DataFrame, y: pd.Series, hp: dict[str, Any]) -> RandomForestRegressor:
+    model = RandomForestRegressor(
+        n_estimators=int(hp["n_estimators"]),
+        max_depth=None if hp["max_depth"] in (None, "", "None") else int(hp["max_depth"]),
+        min_samples_leaf=int(hp["min_samples_leaf"]),
+        max_features=float(hp["max_features"]),
+        random_state=int(hp["random_state"]),
+        n_jobs=-1,
+    )
+    return model.fit(X, y)
+
+
+def main(report: runtime.Report) -> None:
+    hp = {**DEFAULTS, **runtime.hyperparameters()}
+    customer = hp.get("customer_id", "?")
+    source = runtime.channel_dir("train") / "load.parquet"
+    if not source.exists():
+        raise TrainingInputError(f"customer '{customer}': training channel has no {source.name}")
+    series = pd.read_parquet(source)
+    if series.empty or series["energy_kwh"].notna().sum() == 0:
+        raise TrainingInputError(f"customer '{customer}', file '{source.name}': no load values")
+    series["device_id"] = series["device_id"].astype(str)
+
+    resolution = pd.Series(series["timestamp"].sort_values().unique()).diff().median()
+    spec = make_feature_spec(
+        resolution=resolution,
+        horizon_hours=int(hp["horizon_hours"]),
+        timezone=str(hp["timezone"]),
+        holiday_country=str(hp["holiday_country"]),
+        devices=sorted(series["device_id"].unique()),
+    )
+    span = series["timestamp"].max() - series["timestamp"].min()
+    needed = pd.Timedelta(days=int(hp["holdout_days"]) + MIN_TRAIN_DAYS) + spec.resolution * spec.min_history_steps
+    if span < needed:
+        raise TrainingInputError(
+            f"customer '{customer}': {span.days} days of load data, need at least {needed.days} "
+            f"({hp['holdout_days']} holdout + {MIN_TRAIN_DAYS} training + feature history)"
+        )
+
+    scales = normalization_scales(series)
+    grid = regular_grid(series, spec)
+    X, y = build_features(grid, spec, scales)
+    usable = y.notna() & X[f"lag_{spec.lag_steps[-1]}"].notna()
+    cutoff = grid["timestamp"].max() - pd.Timedelta(days=int(hp["holdout_days"]))
+    is_train = usable & (grid["timestamp"] <= cutoff)
+    is_holdout = (grid["timestamp"] > cutoff) & y.notna()
+
+    model = fit(X[is_train], y[is_train], hp)
+    scale = grid["device_id"].map(scales).to_numpy()
+    predicted = pd.Series(model.predict(X[is_holdout]) * scale[is_holdout.to_numpy()], index=grid.index[is_holdout])
+
+    # Score the customer's total load: hours where every device has a value.
+    per_device = grid.assign(predicted=predicted)
+    actual_all = per_device.pivot_table(index="timestamp", columns="device_id", values="energy_kwh", dropna=False)
+    complete = actual_all.notna().all(axis=1)
+    total_actual = actual_all.sum(axis=1, min_count=1).where(complete)
+    holdout_rows = per_device[is_holdout]
+    total_pred = holdout_rows.groupby("timestamp")["predicted"].sum().reindex(total_actual.index)
+    total_base = seasonal_naive(total_actual)
+    holdout = pd.DataFrame({"actual": total_actual, "forecast": total_pred, "baseline": total_base})
+    holdout = holdout[holdout.index > cutoff].dropna()
+    if holdout.empty:
+        raise TrainingInputError(f"customer '{customer}': no complete hours in the holdout to score")
+    metrics = regression_metrics(holdout["actual"], holdout["forecast"])
+    baseline = regression_metrics(holdout["actual"], holdout["baseline"])
+
+    if hp["refit_full"]:
+        model = fit(X[usable], y[usable], hp)
+
+    out_model = runtime.model_dir()
+    out_model.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, out_model / "model.joblib", compress=3)
+    (out_model / "feature_spec.json").write_text(spec.to_json())
+    (out_model / "normalization.json").write_text(json.dumps({"scale_kwh": scales}, indent=2, sort_keys=True))
+    summary = {
+        "customer_id": customer,
+        "model": metrics,
+        "baseline_seasonal_naive": baseline,
+        "wape_ratio": metrics["wape"] / baseline["wape"] if baseline["wape"] else float("nan"),
+        "holdout_start": holdout.index.min().isoformat(),
+        "holdout_end": holdout.index.max().isoformat(),
+        "train_rows": int(is_train.sum()),
+        "holdout_hours": len(holdout),
+        "refit_full": bool(hp["refit_full"]),
+        "hyperparameters": {k: hp[k] for k in DEFAULTS},
+        "features": spec.feature_names(),
+    }
+    (out_model / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    out_data = runtime.output_data_dir()
+    out_data.mkdir(parents=True, exist_ok=True)
+    holdout.rename_axis("timestamp").reset_index().to_csv(out_data / "holdout.csv", index=False)
+    (out_data / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    report.materialization(
+        {
+            **{f"{k}": round(v, 6) for k, v in metrics.items() if k != "n"},
+            **{f"baseline_{k}": round(v, 6) for k, v in baseline.items() if k != "n"},
+            "wape_ratio": round(float(summary["wape_ratio"]), 6),
+            "train_rows": summary["train_rows"],
+            "holdout_hours": summary["holdout_hours"],
+            "holdout_start": summary["holdout_start"],
+            "holdout_end": summary["holdout_end"],
+        }
+    )
+
+
+if __name__ == "__main__":
+    runtime.run_job("training", main)

@@ -1,0 +1,120 @@
+"""landing/raw_load: the customer's meter files as delivered, validated and recorded."""
+
+import hashlib
+import json
+
+import dagster as dg
+
+from forecast_assets import paths
+from forecast_assets.assets.common import GROUP, customer_id
+from forecast_assets.partitions import customers_partitions_def
+from forecast_core.vendors import MeterFileError, detect_vendor, parse_meter_file, summarize
+from resources.storage import ObjectStore
+
+
+@dg.asset(
+    key=["landing", "raw_load"],
+    partitions_def=customers_partitions_def,
+    group_name=GROUP,
+    kinds={"s3", "csv"},
+)
+def raw_load(context: dg.AssetExecutionContext, store: ObjectStore) -> dg.MaterializeResult:
+    """Raw electricity-meter exports for one customer, as the vendors deliver them.
+
+    Source: files landed under ``landing/<customer>/`` (any depth), one or more meter vendors
+    (see ``forecast_core.vendors``). Grain: one reading per device per 15 minutes, in the vendor's
+    own units and clock. Cadence: whenever new files land.
+
+    Materializing reads every file, recognises its vendor format and parses it fully, but never
+    changes it. It records each file's size, SHA-256, vendor, readings, devices and time span in
+    ``manifests/<customer>/raw_load.json`` (and a SageMaker ManifestFile beside it), which pins
+    exactly these files and contents for preprocessing. Any unusable file fails the step with
+    one line per bad file, naming the customer, the file and the problem.
+    """
+    customer = customer_id(context)
+    prefix = paths.landing_prefix(store, customer)
+    objects = store.list_objects(prefix)
+    if not objects:
+        raise dg.Failure(description=f"customer '{customer}': no raw files under {prefix}")
+
+    files, problems = [], []
+    combined = hashlib.sha256()
+    for obj in objects:
+        data = store.read_bytes(obj.uri)
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            vendor = detect_vendor(data, obj.uri)
+            summary = summarize(parse_meter_file(data, obj.uri, vendor), vendor)
+        except MeterFileError as exc:
+            problems.append(f"customer '{customer}', {exc}")
+            continue
+        combined.update(f"{obj.key}\0{digest}\n".encode())
+        files.append(
+            {
+                "uri": obj.uri,
+                "relative_path": obj.uri[len(prefix) :],
+                "bytes": len(data),
+                "sha256": digest,
+                "etag": obj.etag,
+                "vendor": summary.vendor,
+                "rows": summary.rows,
+                "devices": list(summary.devices),
+                "start": summary.start.isoformat(),
+                "end": summary.end.isoformat(),
+            }
+        )
+    if problems:
+        raise dg.Failure(
+            description=f"{len(problems)} of {len(objects)} raw file(s) cannot be used:\n"
+            + "\n".join(problems),
+            metadata={"bad_files": len(problems), "files": len(objects)},
+        )
+
+    manifest = {"customer_id": customer, "landing_prefix": prefix, "files": files}
+    manifest_uri = paths.raw_manifest(store, customer)
+    store.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode())
+    sagemaker_manifest = [{"prefix": prefix}, *(f["relative_path"] for f in files)]
+    store.write_bytes(
+        paths.raw_sagemaker_manifest(store, customer), json.dumps(sagemaker_manifest).encode()
+    )
+
+    devices = sorted({d for f in files for d in f["devices"]})
+    vendors = sorted({f["vendor"] for f in files})
+    return dg.MaterializeResult(
+        metadata={
+            "files": len(files),
+            "bytes": sum(f["bytes"] for f in files),
+            "rows": sum(f["rows"] for f in files),
+            "devices": len(devices),
+            "vendors": ", ".join(vendors),
+            "start": min(f["start"] for f in files),
+            "end": max(f["end"] for f in files),
+            "landing_prefix": dg.MetadataValue.url(prefix),
+            "manifest_uri": dg.MetadataValue.url(manifest_uri),
+            "file_list": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord(
+                        {
+                            "file": f["relative_path"],
+                            "vendor": f["vendor"],
+                            "rows": f["rows"],
+                            "bytes": f["bytes"],
+                            "sha256": f["sha256"][:12],
+                        }
+                    )
+                    for f in files[:200]
+                ],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("file", "string"),
+                        dg.TableColumn("vendor", "string"),
+                        dg.TableColumn("rows", "int"),
+                        dg.TableColumn("bytes", "int"),
+                        dg.TableColumn("sha256", "string"),
+                    ]
+                ),
+            ),
+        },
+        # Same files, same contents -> same version: downstream is stale only when data changed.
+        data_version=dg.DataVersion(combined.hexdigest()[:16]),
+    )

@@ -1,0 +1,306 @@
+"""The relational side: device registry, model registry and forecasts.
+
+SQLAlchemy Core on any URL: a SQLite file under the data home by default, PostgreSQL (psycopg2)
+when ``url`` is set. The schema is created on first use and creating it again is harmless. Every
+write is one transaction, so a failed step leaves the tables as they were.
+"""
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any, Literal
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from resources.data_home import data_home
+
+DATABASE_URL_VAR = "FORECAST_DATABASE_URL"
+
+metadata = sa.MetaData()
+
+devices_table = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("vendor", sa.String(64), nullable=False),
+    sa.Column("first_reading", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_reading", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("readings", sa.BigInteger, nullable=False),
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+ApprovalStatus = Literal["Approved", "Rejected", "PendingManualApproval"]
+
+model_versions_table = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(128), primary_key=True),
+    sa.Column("model_uri", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("gate_passed", sa.Boolean, nullable=False),
+    sa.Column("gate_reasons", sa.Text, nullable=False),
+    # Same vocabulary as SageMaker's model registry.
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("dagster_run_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status_changed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+forecasts_table = sa.Table(
+    "forecasts",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("dagster_run_id", sa.String(64), primary_key=True),
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("timestamp", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("energy_kwh", sa.Float, nullable=False),
+    sa.Column("model_version", sa.String(128), nullable=False),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_forecasts_customer_issued", forecasts_table.c.customer_id, forecasts_table.c.issued_at)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    customer_id: str
+    version: str
+    model_uri: str
+    metrics: dict[str, Any]
+    gate_passed: bool
+    gate_reasons: list[str]
+    status: str
+    created_at: datetime
+
+
+def _utc(value: Any) -> datetime:
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database(dg.ConfigurableResource):
+    """Device registry, model registry and forecasts tables.
+
+    ``url`` is a SQLAlchemy URL (``postgresql+psycopg2://user:pass@host/db``). Empty means
+    ``FORECAST_DATABASE_URL`` if that is set when the database is first used, else a SQLite file
+    ``forecast.db`` in the data home.
+    """
+
+    url: str = ""
+
+    @cached_property
+    def engine(self) -> sa.Engine:
+        url = self.url or os.environ.get(DATABASE_URL_VAR) or f"sqlite:///{data_home() / 'forecast.db'}"
+        if url.startswith("sqlite:///"):
+            data_home().mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+        metadata.create_all(engine, checkfirst=True)
+        return engine
+
+    def _insert(self, table: sa.Table):
+        return (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert(table)
+
+    # Devices ---------------------------------------------------------------------------------
+
+    def upsert_devices(self, customer_id: str, devices: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+        """Register devices; widen first/last reading of known ones. Returns new/updated counts."""
+        now = _now()
+        rows = [
+            {
+                "customer_id": customer_id,
+                "device_id": str(d["device_id"]),
+                "vendor": str(d["vendor"]),
+                "first_reading": _utc(d["first_reading"]),
+                "last_reading": _utc(d["last_reading"]),
+                "readings": int(d["readings"]),
+                "registered_at": now,
+                "updated_at": now,
+            }
+            for d in devices
+        ]
+        if not rows:
+            return {"new": 0, "updated": 0}
+        with self.engine.begin() as conn:
+            known = set(
+                conn.scalars(
+                    sa.select(devices_table.c.device_id).where(devices_table.c.customer_id == customer_id)
+                )
+            )
+            stmt = self._insert(devices_table)
+            excluded = stmt.excluded
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[devices_table.c.customer_id, devices_table.c.device_id],
+                set_={
+                    "vendor": excluded.vendor,
+                    "first_reading": sa.func.min(devices_table.c.first_reading, excluded.first_reading)
+                    if self.engine.dialect.name == "sqlite"
+                    else sa.func.least(devices_table.c.first_reading, excluded.first_reading),
+                    "last_reading": sa.func.max(devices_table.c.last_reading, excluded.last_reading)
+                    if self.engine.dialect.name == "sqlite"
+                    else sa.func.greatest(devices_table.c.last_reading, excluded.last_reading),
+                    "readings": excluded.readings,
+                    "updated_at": excluded.updated_at,
+                },
+            )
+            conn.execute(stmt, rows)
+        new = sum(1 for r in rows if r["device_id"] not in known)
+        return {"new": new, "updated": len(rows) - new}
+
+    def devices(self, customer_id: str) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            query = (
+                sa.select(devices_table)
+                .where(devices_table.c.customer_id == customer_id)
+                .order_by(devices_table.c.device_id)
+            )
+            return pd.DataFrame(conn.execute(query).mappings().all())
+
+    # Model registry --------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        *,
+        customer_id: str,
+        version: str,
+        model_uri: str,
+        metrics: Mapping[str, Any],
+        gate_passed: bool,
+        gate_reasons: Sequence[str],
+        run_id: str,
+        auto_approve: bool = True,
+    ) -> ModelVersion:
+        """Record a trained model. It is Approved when it passed its gate and auto-approval is on,
+        Rejected when it failed, and otherwise waits for :meth:`set_model_status`."""
+        status: ApprovalStatus = (
+            ("Approved" if auto_approve else "PendingManualApproval") if gate_passed else "Rejected"
+        )
+        now = _now()
+        row = {
+            "customer_id": customer_id,
+            "version": version,
+            "model_uri": model_uri,
+            "metrics": json.dumps(metrics, default=str, sort_keys=True),
+            "gate_passed": gate_passed,
+            "gate_reasons": json.dumps(list(gate_reasons)),
+            "status": status,
+            "dagster_run_id": run_id,
+            "created_at": now,
+            "status_changed_at": now,
+        }
+        stmt = self._insert(model_versions_table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[model_versions_table.c.customer_id, model_versions_table.c.version],
+            set_={k: stmt.excluded[k] for k in row if k not in ("customer_id", "version")},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt, row)
+        return self._model_from_row(row)
+
+    def set_model_status(self, customer_id: str, version: str, status: ApprovalStatus) -> None:
+        """Approve or reject a version by hand; a version that failed its gate cannot be approved."""
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.select(model_versions_table.c.gate_passed).where(
+                    (model_versions_table.c.customer_id == customer_id)
+                    & (model_versions_table.c.version == version)
+                )
+            ).scalar_one_or_none()
+            if current is None:
+                raise KeyError(f"customer '{customer_id}' has no model version '{version}'")
+            if status == "Approved" and not current:
+                raise ValueError(
+                    f"customer '{customer_id}', model '{version}' failed its quality gate and "
+                    "cannot be approved"
+                )
+            conn.execute(
+                sa.update(model_versions_table)
+                .where(
+                    (model_versions_table.c.customer_id == customer_id)
+                    & (model_versions_table.c.version == version)
+                )
+                .values(status=status, status_changed_at=_now())
+            )
+
+    def model_versions(self, customer_id: str) -> list[ModelVersion]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(model_versions_table)
+                .where(model_versions_table.c.customer_id == customer_id)
+                .order_by(model_versions_table.c.created_at.desc(), model_versions_table.c.version.desc())
+            ).mappings()
+            return [self._model_from_row(r) for r in rows]
+
+    def latest_approved_model(self, customer_id: str) -> ModelVersion | None:
+        return next((m for m in self.model_versions(customer_id) if m.status == "Approved"), None)
+
+    @staticmethod
+    def _model_from_row(row: Mapping[str, Any]) -> ModelVersion:
+        return ModelVersion(
+            customer_id=row["customer_id"],
+            version=row["version"],
+            model_uri=row["model_uri"],
+            metrics=json.loads(row["metrics"]),
+            gate_passed=bool(row["gate_passed"]),
+            gate_reasons=json.loads(row["gate_reasons"]),
+            status=row["status"],
+            created_at=row["created_at"],
+        )
+
+    # Forecasts -------------------------------------------------------------------------------
+
+    def replace_forecast(self, customer_id: str, run_id: str, forecast: pd.DataFrame) -> int:
+        """Store one run's forecast; a retried step of the same run replaces its rows."""
+        rows = [
+            {
+                "customer_id": customer_id,
+                "dagster_run_id": run_id,
+                "device_id": str(r.device_id),
+                "timestamp": _utc(r.timestamp),
+                "energy_kwh": float(r.energy_kwh),
+                "model_version": str(r.model_version),
+                "issued_at": _utc(r.issued_at),
+            }
+            for r in forecast.itertuples(index=False)
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.delete(forecasts_table).where(
+                    (forecasts_table.c.customer_id == customer_id)
+                    & (forecasts_table.c.dagster_run_id == run_id)
+                )
+            )
+            if rows:
+                conn.execute(sa.insert(forecasts_table), rows)
+        return len(rows)
+
+    def latest_forecast(self, customer_id: str) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            latest = conn.execute(
+                sa.select(sa.func.max(forecasts_table.c.issued_at)).where(
+                    forecasts_table.c.customer_id == customer_id
+                )
+            ).scalar()
+            if latest is None:
+                return pd.DataFrame(columns=[c.name for c in forecasts_table.columns])
+            query = (
+                sa.select(forecasts_table)
+                .where(
+                    (forecasts_table.c.customer_id == customer_id)
+                    & (forecasts_table.c.issued_at == latest)
+                )
+                .order_by(forecasts_table.c.device_id, forecasts_table.c.timestamp)
+            )
+            return pd.DataFrame(conn.execute(query).mappings().all())

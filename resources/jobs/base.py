@@ -1,0 +1,114 @@
+"""The job-launching resource every asset uses, whatever runs the job."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import dagster as dg
+
+from resources.jobs import code as job_code
+from resources.jobs.settings import LOCAL_ROLE_ARN, JobName, JobSettings, default_settings
+from resources.storage import ObjectStore
+
+JobType = Literal["processing", "training"]
+JobStatus = Literal["Completed", "Failed", "Stopped"]
+
+
+@dataclass
+class CompletedJob:
+    """A job that finished successfully, with what it reported through Pipes."""
+
+    job_type: JobType
+    name: str
+    arn: str
+    status: JobStatus
+    started_at: datetime
+    ended_at: datetime
+    billable_seconds: int
+    instance_type: str
+    input_uris: dict[str, str]
+    output_uris: dict[str, str]
+    console_url: str | None = None
+    invocation: dg.PipesClientCompletedInvocation | None = field(default=None, repr=False)
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.ended_at - self.started_at).total_seconds()
+
+    def reported_metadata(self) -> dict[str, Any]:
+        """Metadata the job script reported through Pipes (its last materialization wins)."""
+        merged: dict[str, Any] = {}
+        if self.invocation is None:
+            return merged
+        for result in self.invocation.get_results():
+            if isinstance(result, dg.MaterializeResult) and result.metadata:
+                merged.update(result.metadata)
+        return merged
+
+    def metadata(self) -> dict[str, Any]:
+        """What every asset records about the job that produced it."""
+        meta: dict[str, Any] = {
+            "job_name": self.name,
+            "job_arn": self.arn,
+            "job_status": self.status,
+            "job_duration_s": round(self.duration_seconds, 2),
+            "billable_seconds": self.billable_seconds,
+            "instance_type": self.instance_type,
+            "job_inputs": dg.MetadataValue.json(self.input_uris),
+            "job_outputs": dg.MetadataValue.json(self.output_uris),
+        }
+        if self.console_url:
+            meta["console_url"] = dg.MetadataValue.url(self.console_url)
+        return meta
+
+
+class JobFailedError(dg.Failure):
+    """A job ended Failed or Stopped; the description carries the job's own reason."""
+
+
+class JobLauncher(dg.ConfigurableResource, ABC):
+    """Runs SageMaker Processing and Training jobs described by their request bodies.
+
+    Build requests with ``resources.jobs.requests``; ``run_*_job`` starts the job with a Dagster
+    Pipes session attached, waits for it, streams its log, and returns a :class:`CompletedJob`
+    or raises :class:`JobFailedError` with the job's failure reason.
+    """
+
+    store: dg.ResourceDependency[ObjectStore]
+    role_arn: str = LOCAL_ROLE_ARN
+    preprocessing: JobSettings = default_settings("preprocessing")
+    training: JobSettings = default_settings("training")
+    inference: JobSettings = default_settings("inference")
+
+    def settings_for(self, job: JobName) -> JobSettings:
+        return {"preprocessing": self.preprocessing, "training": self.training, "inference": self.inference}[job]
+
+    def publish_code(self, job: JobName) -> tuple[str, str]:
+        """Publish the job's code; returns (code URI, entry script).
+
+        Processing jobs get a folder to stage as an input; training jobs a sourcedir.tar.gz.
+        """
+        bundle = job_code.bundle(job)
+        if job == "training":
+            return job_code.publish_tarball(self.store, bundle), bundle.entry_script
+        return job_code.publish_folder(self.store, bundle), bundle.entry_script
+
+    @abstractmethod
+    def run_processing_job(
+        self,
+        *,
+        context: dg.AssetExecutionContext,
+        request: Mapping[str, Any],
+        extras: Mapping[str, Any] | None = None,
+    ) -> CompletedJob: ...
+
+    @abstractmethod
+    def run_training_job(
+        self,
+        *,
+        context: dg.AssetExecutionContext,
+        request: Mapping[str, Any],
+        extras: Mapping[str, Any] | None = None,
+    ) -> CompletedJob: ...

@@ -1,0 +1,254 @@
+"""Object storage addressed by ``s3://bucket/key`` URIs, wherever the bytes really live.
+
+:class:`ObjectStore` is the interface every asset, sensor and job launcher uses. The local
+implementation keeps objects as files under a data home and gives them S3's semantics: keys are
+flat strings, listing is by prefix and in key order, an object is replaced whole or not at all,
+and every object has an ETag that changes when its content does (the MD5 of the content, as S3's
+is for single-part uploads). The S3 implementation (the ``sagemaker`` environment) swaps in with
+no change to callers.
+"""
+
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dagster as dg
+
+from resources.data_home import data_home
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> (``bucket``, ``some/key``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+class ObjectStore(dg.ConfigurableResource, ABC):
+    """Where raw files, tables, models and job code live, as ``s3://`` URIs."""
+
+    bucket: str
+    prefix: str = ""
+
+    def uri(self, *parts: str) -> str:
+        """URI of a key under this project's bucket and prefix."""
+        base = f"s3://{self.bucket}"
+        if self.prefix:
+            base = join_uri(base, self.prefix)
+        return join_uri(base, *parts) if parts else base
+
+    @abstractmethod
+    def list_objects(self, prefix_uri: str) -> list[ObjectInfo]:
+        """Objects whose URI starts with ``prefix_uri``, in key order."""
+
+    @abstractmethod
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, uri: str, data: bytes) -> ObjectInfo:
+        """Replace the object at ``uri`` atomically: readers see the old or the new, never half."""
+
+    @abstractmethod
+    def exists(self, uri: str) -> bool: ...
+
+    @abstractmethod
+    def head(self, uri: str) -> ObjectInfo: ...
+
+    @abstractmethod
+    def copy(self, src_uri: str, dst_uri: str) -> ObjectInfo:
+        """Copy one object, replacing the destination atomically."""
+
+    @abstractmethod
+    def download_file(self, uri: str, path: Path) -> None: ...
+
+    @abstractmethod
+    def upload_file(self, path: Path, uri: str) -> ObjectInfo: ...
+
+    def download_prefix(self, prefix_uri: str, directory: Path) -> list[Path]:
+        """Copy every object under ``prefix_uri`` into ``directory``, keeping relative keys.
+
+        Like SageMaker's S3Prefix input: a prefix that names one object stages that object.
+        """
+        paths = []
+        prefix = prefix_uri.rstrip("/")
+        for info in self.list_objects(prefix_uri):
+            relative = info.uri[len(prefix) :].lstrip("/") or info.key.rsplit("/", 1)[-1]
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.download_file(info.uri, target)
+            paths.append(target)
+        return paths
+
+    def upload_directory(self, directory: Path, prefix_uri: str) -> list[str]:
+        uris = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            uri = join_uri(prefix_uri, path.relative_to(directory).as_posix())
+            self.upload_file(path, uri)
+            uris.append(uri)
+        return uris
+
+
+class LocalObjectStore(ObjectStore):
+    """S3 semantics on local files: ``s3://bucket/key`` is ``<root>/<bucket>/<key>``.
+
+    ``root`` defaults to ``<data home>/s3`` (see ``forecast_assets.environment``).
+    """
+
+    bucket: str = "forecast-assets"
+    root: str | None = None
+
+    @property
+    def base(self) -> Path:
+        # Resolved when used, not when definitions load.
+        return Path(self.root) if self.root else data_home() / "s3"
+
+    def _path(self, uri: str) -> Path:
+        bucket, key = split_uri(uri)
+        if not key or key.endswith("/"):
+            raise ValueError(f"{uri!r} names a prefix, not an object")
+        parts = key.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{uri!r} is not a plain object key")
+        return self.base / bucket / key
+
+    def _info(self, uri: str, path: Path) -> ObjectInfo:
+        stat = path.stat()
+        return ObjectInfo(
+            uri=uri,
+            key=split_uri(uri)[1],
+            size=stat.st_size,
+            etag=_etag(path, stat),
+            last_modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
+        )
+
+    def list_objects(self, prefix_uri: str) -> list[ObjectInfo]:
+        parsed = urlparse(prefix_uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"not an s3:// URI: {prefix_uri!r}")
+        bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+        bucket_dir = self.base / bucket
+        # Walk only the deepest directory the prefix fully names.
+        start = bucket_dir / prefix.rsplit("/", 1)[0] if "/" in prefix else bucket_dir
+        if not start.is_dir():
+            return []
+        found = []
+        for path in _walk_files(start):
+            key = path.relative_to(bucket_dir).as_posix()
+            if key.startswith(prefix):
+                found.append(self._info(f"s3://{bucket}/{key}", path))
+        return sorted(found, key=lambda o: o.key)
+
+    def read_bytes(self, uri: str) -> bytes:
+        path = self._path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(f"no object at {uri}")
+        return path.read_bytes()
+
+    def _replace(self, path: Path, write) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary file in the same directory, renamed into place: os.replace is atomic on
+        # one filesystem, so a crash leaves the old object, never a torn one.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write_bytes(self, uri: str, data: bytes) -> ObjectInfo:
+        path = self._path(uri)
+        self._replace(path, lambda h: h.write(data))
+        return self._info(uri, path)
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).is_file()
+
+    def head(self, uri: str) -> ObjectInfo:
+        path = self._path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(f"no object at {uri}")
+        return self._info(uri, path)
+
+    def copy(self, src_uri: str, dst_uri: str) -> ObjectInfo:
+        src = self._path(src_uri)
+        if not src.is_file():
+            raise FileNotFoundError(f"no object at {src_uri}")
+        dst = self._path(dst_uri)
+
+        def write(handle) -> None:
+            with src.open("rb") as source:
+                shutil.copyfileobj(source, handle, 1 << 20)
+
+        self._replace(dst, write)
+        return self._info(dst_uri, dst)
+
+    def download_file(self, uri: str, path: Path) -> None:
+        src = self._path(uri)
+        if not src.is_file():
+            raise FileNotFoundError(f"no object at {uri}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, path)
+
+    def upload_file(self, path: Path, uri: str) -> ObjectInfo:
+        dst = self._path(uri)
+
+        def write(handle) -> None:
+            with path.open("rb") as source:
+                shutil.copyfileobj(source, handle, 1 << 20)
+
+        self._replace(dst, write)
+        return self._info(uri, dst)
+
+
+def _walk_files(start: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(start):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith(".") and name.endswith(".tmp"):
+                continue  # a write in progress is not an object yet
+            yield Path(dirpath) / name
+
+
+# MD5 is S3's ETag for single-part objects; cache it by (path, size, mtime) so listing a large
+# landing area does not re-read every file on every sensor tick.
+_ETAG_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _etag(path: Path, stat: os.stat_result) -> str:
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    cached = _ETAG_CACHE.get(key)
+    if cached is None:
+        digest = hashlib.md5(usedforsecurity=False)
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        cached = _ETAG_CACHE[key] = f'"{digest.hexdigest()}"'
+    return cached
