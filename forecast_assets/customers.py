@@ -21,7 +21,8 @@ class InvalidCustomerIdError(ValueError):
 
 def validate_customer_id(value: str) -> str:
     """Return ``value`` if it is a valid customer id, else raise with the rule in the message."""
-    if not isinstance(value, str) or not CUSTOMER_ID_PATTERN.match(value):
+    # fullmatch: with match, '$' also matches before a trailing newline ('acme\n' passed).
+    if not isinstance(value, str) or not CUSTOMER_ID_PATTERN.fullmatch(value):
         raise InvalidCustomerIdError(
             f"invalid customer id {value!r}: use 1-{MAX_CUSTOMER_ID_LENGTH} lowercase letters, "
             "digits and hyphens, starting and ending with a letter or digit"

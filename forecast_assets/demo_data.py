@@ -37,8 +37,9 @@ import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 from dateutil.easter import easter
-from forecast_core.vendors import VENDORS_BY_NAME
 from scipy.signal import lfilter
+
+from forecast_core.vendors import VENDORS_BY_NAME
 
 TIMEZONE = "Europe/Berlin"
 HOLIDAY_COUNTRY = "DE"
@@ -217,11 +218,22 @@ def _temperature(cal: _Calendar, seed: int) -> np.ndarray:
 # Load shapes (fractions of a device's scale)
 
 
+# Mean of each profile's shape over a year, so that ``scale`` sets a device's mean load.
+_TYPICAL_SHAPE_MEAN = {
+    "office": 0.65,
+    "retail": 0.7,
+    "cold-storage": 1.0,
+    "factory": 0.6,
+    "school": 0.5,
+}
+
+
 def _device_params(customer: DemoCustomer, seed: int, k: int) -> dict[str, float]:
     rng = _rng(seed, customer, _TAG_PARAMS, k)
-    # Devices of one customer span roughly 2 to 40 kW at full activity.
+    # Devices of one customer average roughly 2 to 35 kWh per hour.
     n = customer.devices
-    sizes = np.geomspace(2.5, 40.0, n) if n > 1 else np.array([12.0])
+    sizes = np.geomspace(2.5, 35.0, n) if n > 1 else np.array([10.0])
+    sizes = sizes / _TYPICAL_SHAPE_MEAN[customer.profile]
     order = np.random.default_rng([seed, _crc(customer.customer_id), _TAG_PARAMS]).permutation(n)
     u = rng.uniform
     return {
@@ -234,7 +246,8 @@ def _device_params(customer: DemoCustomer, seed: int, k: int) -> dict[str, float
         "shifts": float(rng.integers(2, 4)),
         "cycle_minutes": float(rng.choice([40, 45, 60, 72, 90])),
         "cycle_phase": u(0.0, 2 * np.pi),
-        "ar_sd": u(0.04, 0.06),
+        "defrost_hour": float(rng.integers(0, 24)) / 4.0,
+        "ar_sd": u(0.02, 0.03) if customer.profile == "cold-storage" else u(0.06, 0.08),
     }
 
 
@@ -248,7 +261,7 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         start, end = 7.5 + p["start"], 18.0 + p["end"] - 1.5 * (cal.dow == 4)
         occ = _window(h, start, end, 0.4) * (1.0 - 0.12 * _window(h, 12.0, 13.0, 0.25))
         occ = np.where(work, occ, np.where(sat, 0.12 * _window(h, 9.0, 14.0, 0.4), 0.0))
-        occ = occ * np.where(cal.christmas, 0.4, 1.0)
+        occ = occ * np.where(cal.christmas, 0.6, 1.0)  # many take the week off
         heat = 0.025 * p["heat"] * hdd * (0.35 + 0.65 * occ)
         cool = 0.035 * p["cool"] * cdd * (0.2 + 0.8 * occ)
         return base + (1.0 - base) * occ + heat + cool
@@ -266,23 +279,27 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         cool = 0.05 * p["cool"] * cdd * (0.3 + 0.7 * occ)
         return base + (1.0 - base) * occ + heat + cool
     if profile == "cold-storage":
-        base = 0.7 + 0.1 * p["base"]
+        base = 0.55 + 0.1 * p["base"]
+        # Loading bays, lights and forklift chargers by day; compressors and defrost always.
         occ = np.where(
             work,
-            0.5 * _window(h, 6.0 + p["start"], 18.0 + p["end"], 0.5),
-            np.where(sat, 0.25 * _window(h, 6.0, 13.0, 0.5), 0.0),
+            0.6 * _window(h, 6.0 + p["start"], 20.0 + p["end"], 0.5),
+            np.where(sat, 0.3 * _window(h, 6.0, 14.0, 0.5), 0.0),
         )
         minutes = cal.t_days * 1440.0
-        compressor = 0.12 * np.tanh(
+        compressor = 0.1 * np.tanh(
             2.5 * np.sin(2 * np.pi * minutes / p["cycle_minutes"] + p["cycle_phase"])
         )
+        defrost_hour = np.mod(h - p["defrost_hour"], 6.0)
+        defrost = 0.25 * _window(defrost_hour, 0.0, 0.5, 0.05)
         cool = 0.02 * p["cool"] * np.maximum(0.0, temp - 5.0)
-        return base + (1.0 - base) * occ + compressor + cool
+        return base + (1.0 - base) * occ + compressor + defrost + cool
     if profile == "factory":
         base = 0.15 + 0.15 * p["base"]
         w = 0.15
-        running = ~cal.holiday & ~cal.christmas
+        running = ~cal.holiday
         early = _window(h, 6.0, 14.0, w) * (running & (cal.dow <= 5)) * np.where(sat, 0.7, 1.0)
+        running &= ~cal.christmas  # only the early shift works between Christmas and New Year
         late = 0.85 * _window(h, 14.0, 22.0, w) * (running & (cal.dow <= 4))
         occ = early + late
         if p["shifts"] >= 3:
@@ -291,7 +308,7 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
                 + _sig((6.0 - h) / w) * (running & (cal.dow >= 1) & (cal.dow <= 4))
             )
             occ = occ + night
-        heat = 0.01 * p["heat"] * hdd
+        heat = 0.025 * p["heat"] * hdd * (0.5 + 0.5 * np.minimum(occ, 1.0))  # hall heating
         cool = 0.015 * p["cool"] * cdd * (0.3 + 0.7 * np.minimum(occ, 1.0))
         return base + (1.0 - base) * occ + heat + cool
     if profile == "school":
@@ -299,7 +316,7 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         start = 7.5 + 0.5 * p["start"]
         lessons = _window(h, start, 13.5, 0.3) + 0.45 * _window(h, 13.5, 16.5 + p["end"], 0.3)
         occ = np.where(work, lessons, 0.0)
-        occ = np.where(cal.school_vacation, 0.12 * _window(h, 8.0, 15.0, 0.4) * work, occ)
+        occ = np.where(cal.school_vacation, 0.25 * _window(h, 8.0, 15.0, 0.4) * work, occ)
         in_use = np.where(work & ~cal.school_vacation, _window(h, 5.0, 17.0, 0.5), 0.0)
         heat = 0.04 * p["heat"] * hdd * (0.3 + 0.7 * in_use)
         cool = 0.005 * p["cool"] * cdd * occ
@@ -329,7 +346,7 @@ def _month_draws(
     shocks[0] /= np.sqrt(1.0 - phi**2)  # start in the stationary distribution
     ar = lfilter([np.sqrt(1.0 - phi**2)], [1.0, -phi], shocks)
     days = int(np.ceil(n * step / pd.Timedelta(days=1)))
-    daily = rng.normal(0.0, 0.03, size=days)
+    daily = rng.normal(0.0, 0.04, size=days)
     day_of_step = (np.arange(n) * step // pd.Timedelta(days=1)).astype(int)
     white = rng.normal(0.0, 0.015, size=n)
     spikes = np.zeros(n)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class ObjectStore(dg.ConfigurableResource, ABC):
     def head(self, uri: str) -> ObjectInfo: ...
 
     @abstractmethod
-    def copy(self, src_uri: str, dst_uri: str) -> ObjectInfo:
+    def copy_object(self, src_uri: str, dst_uri: str) -> ObjectInfo:
         """Copy one object, replacing the destination atomically."""
 
     @abstractmethod
@@ -197,7 +198,7 @@ class LocalObjectStore(ObjectStore):
             raise FileNotFoundError(f"no object at {uri}")
         return self._info(uri, path)
 
-    def copy(self, src_uri: str, dst_uri: str) -> ObjectInfo:
+    def copy_object(self, src_uri: str, dst_uri: str) -> ObjectInfo:
         src = self._path(src_uri)
         if not src.is_file():
             raise FileNotFoundError(f"no object at {src_uri}")
@@ -237,18 +238,25 @@ def _walk_files(start: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-# MD5 is S3's ETag for single-part objects; cache it by (path, size, mtime) so listing a large
-# landing area does not re-read every file on every sensor tick.
-_ETAG_CACHE: dict[tuple[str, int, int], str] = {}
+# MD5 is S3's ETag for single-part objects; cache it by (path, size, mtime, ctime) so listing a
+# large landing area does not re-read every file on every sensor tick. ctime is in the key because
+# mtime can be set back (cp -p, os.utime) and ctime cannot.
+_ETAG_CACHE: dict[tuple[str, int, int, int], str] = {}
+# File timestamps come from a coarse clock (a scheduler tick, or 1-2 s on some filesystems): a
+# same-size rewrite within one tick keeps every key field. So only a file whose ctime is older
+# than this is cached (git's "racily clean" rule); a later change then gets a newer ctime.
+_SETTLED_NS = 2_000_000_000
 
 
 def _etag(path: Path, stat: os.stat_result) -> str:
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     cached = _ETAG_CACHE.get(key)
     if cached is None:
         digest = hashlib.md5(usedforsecurity=False)
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        cached = _ETAG_CACHE[key] = f'"{digest.hexdigest()}"'
+        cached = f'"{digest.hexdigest()}"'
+        if time.time_ns() - stat.st_ctime_ns > _SETTLED_NS:
+            _ETAG_CACHE[key] = cached
     return cached

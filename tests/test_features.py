@@ -135,13 +135,11 @@ def test_feature_names():
         "lag_5",
         "rolling_mean_2",
         "rolling_mean_4",
+        "level",
         "time_of_day",
         "day_of_week",
         "is_weekend",
         "is_holiday",
-        "month",
-        "day_of_year_sin",
-        "day_of_year_cos",
         "device_code",
     ]
 
@@ -242,45 +240,65 @@ def test_regular_grid_without_until_ends_at_last_reading_and_keeps_last_duplicat
 # --- build_features ----------------------------------------------------------------------
 
 
-def test_build_features_target_and_lags_per_device():
+def expected_level(norm: np.ndarray, t: int, h: int, window: int) -> float:
+    """Mean of the normalized series over the window ending h steps before t (or 1.0)."""
+    available = norm[max(0, t - h - window + 1) : max(0, t - h + 1)]
+    available = available[~np.isnan(available)]
+    if len(available) < max(1, window // 2):
+        return 1.0
+    return float(available.mean())
+
+
+NORMS = {"a": np.arange(1, N + 1) / 2.0, "b": (100 + np.arange(N) * 10) / 10.0}
+
+
+def test_build_features_target_and_lags_are_relative_to_the_recent_level():
     spec = small_spec()
     grid = regular_grid(two_devices(), spec)
-    X, y = build_features(grid, spec, SCALES)
+    design = build_features(grid, spec, SCALES)
+    X, y = design.features, design.target
     assert list(X.columns) == spec.feature_names()
     assert y.name == "target"
-    a = grid["device_id"] == "a"
-    b = ~a
-    norm_a = np.arange(1, N + 1) / 2.0
-    norm_b = (100 + np.arange(N) * 10) / 10.0
-    assert y[a].tolist() == norm_a.tolist()
-    assert y[b].tolist() == norm_b.tolist()
-    for lag in spec.lag_steps:
-        for mask, norm in ((a, norm_a), (b, norm_b)):
+    h, window = spec.horizon_steps, max(spec.rolling_steps)
+    for device, norm in NORMS.items():
+        mask = (grid["device_id"] == device).to_numpy()
+        levels = np.array([expected_level(norm, t, h, window) for t in range(N)])
+        assert X.loc[mask, "level"].to_numpy() == pytest.approx(levels)
+        assert y[mask].to_numpy() == pytest.approx(norm / levels)
+        assert design.kwh_per_unit[mask] == pytest.approx(SCALES[device] * levels)
+        # target * kwh_per_unit gives back the energy itself.
+        assert (y[mask].to_numpy() * design.kwh_per_unit[mask]) == pytest.approx(
+            grid.loc[mask, "energy_kwh"].to_numpy()
+        )
+        for lag in spec.lag_steps:
             values = X.loc[mask, f"lag_{lag}"].to_numpy()
             # The first `lag` rows of each device have no history: never the other device's.
             assert np.isnan(values[:lag]).all()
-            assert values[lag:].tolist() == norm[:-lag].tolist()
-    assert X.loc[a, "device_code"].tolist() == [0] * N
-    assert X.loc[b, "device_code"].tolist() == [1] * N
+            assert values[lag:] == pytest.approx(norm[:-lag] / levels[lag:])
+    assert X.loc[grid["device_id"] == "a", "device_code"].tolist() == [0] * N
+    assert X.loc[grid["device_id"] == "b", "device_code"].tolist() == [1] * N
 
 
 def test_build_features_rolling_means_end_at_t_minus_horizon():
     spec = small_spec()
     grid = regular_grid(two_devices(), spec)
-    X, _ = build_features(grid, spec, SCALES)
-    h = spec.horizon_steps
-    for device, norm in (("a", np.arange(1, N + 1) / 2.0), ("b", (100 + np.arange(N) * 10) / 10.0)):
+    X = build_features(grid, spec, SCALES).features
+    h, longest = spec.horizon_steps, max(spec.rolling_steps)
+    for device, norm in NORMS.items():
         rows = X[grid["device_id"] == device]
         for window in spec.rolling_steps:
             got = rows[f"rolling_mean_{window}"].to_numpy()
             for t in range(N):
                 available = norm[max(0, t - h - window + 1) : max(0, t - h + 1)]
+                level = expected_level(norm, t, h, longest)
                 if len(available) < max(1, window // 2):
                     assert math.isnan(got[t]), (device, window, t)
                 else:
-                    assert got[t] == pytest.approx(available.mean()), (device, window, t)
-    # Spot check by hand: device a, row 6 (value 7 -> 3.5), window 4 covers rows 1..4.
-    assert X.loc[grid.index[6], "rolling_mean_4"] == pytest.approx((1 + 1.5 + 2 + 2.5) / 4)
+                    assert got[t] == pytest.approx(available.mean() / level), (device, window, t)
+    # By hand: device a, row 6: window 4 covers rows 1..4 (1, 1.5, 2, 2.5), which is also the
+    # level, so the relative rolling mean is exactly 1.
+    assert X.loc[grid.index[6], "rolling_mean_4"] == pytest.approx(1.0)
+    assert X.loc[grid.index[6], "level"] == pytest.approx(1.75)
 
 
 @pytest.mark.parametrize("cut", [3, 5, 8])
@@ -289,19 +307,19 @@ def test_build_features_never_use_values_inside_the_horizon(cut):
     spec = small_spec()
     h = spec.horizon_steps
     base = regular_grid(two_devices(), spec)
-    X_base, _ = build_features(base, spec, SCALES)
+    X_base, y_base, _ = build_features(base, spec, SCALES)
     rng = np.random.default_rng(cut)
     perturbed = base.copy()
     position = perturbed.groupby("device_id").cumcount()
     later = position > cut
     perturbed.loc[later, "energy_kwh"] = rng.uniform(1000, 2000, int(later.sum()))
     perturbed.loc[later & (position % 3 == 0), "energy_kwh"] = np.nan
-    X_new, y_new = build_features(perturbed, spec, SCALES)
+    X_new, y_new, _ = build_features(perturbed, spec, SCALES)
     # Rows t with t - horizon <= cut saw only unchanged values.
     safe = (position <= cut + h).to_numpy()
     pd.testing.assert_frame_equal(X_new[safe], X_base[safe])
     # The perturbation did reach the target and the features just after the safe rows.
-    assert not np.allclose(y_new[later], build_features(base, spec, SCALES)[1][later])
+    assert not np.allclose(y_new[later], y_base[later])
     first_unsafe = (position == cut + h + 1).to_numpy()
     assert not X_new[first_unsafe].equals(X_base[first_unsafe])
 
@@ -309,9 +327,9 @@ def test_build_features_never_use_values_inside_the_horizon(cut):
 def test_build_features_other_device_values_do_not_leak():
     spec = small_spec()
     grid = regular_grid(two_devices(), spec)
-    X, _ = build_features(grid, spec, SCALES)
+    X = build_features(grid, spec, SCALES).features
     other = regular_grid(two_devices(b_values=np.full(N, 7777.0)), spec)
-    X_other, _ = build_features(other, spec, SCALES)
+    X_other = build_features(other, spec, SCALES).features
     a = (grid["device_id"] == "a").to_numpy()
     pd.testing.assert_frame_equal(X_other[a], X[a])
     assert not X_other[~a].equals(X[~a])
@@ -322,12 +340,15 @@ def test_build_features_lag_in_a_gap_is_nan():
     values = np.arange(1, N + 1, dtype=float)
     values[4] = np.nan
     grid = regular_grid(hourly("a", "2025-01-06", values), spec)
-    X, y = build_features(grid, spec, {"a": 1.0})
+    X, y, _ = build_features(grid, spec, {"a": 1.0})
     assert math.isnan(y[4])
     assert math.isnan(X.loc[6, "lag_2"]) and math.isnan(X.loc[7, "lag_3"])
-    assert X.loc[7, "lag_2"] == 6.0
+    # Row 7: level = mean of rows 2..5 without the gap = (3 + 4 + 6) / 3.
+    level = (3 + 4 + 6) / 3
+    assert X.loc[7, "level"] == pytest.approx(level)
+    assert X.loc[7, "lag_2"] == pytest.approx(6.0 / level)
     # Rolling means skip the missing value: row 7 with window 2 covers rows 4..5.
-    assert X.loc[7, "rolling_mean_2"] == 6.0
+    assert X.loc[7, "rolling_mean_2"] == pytest.approx(6.0 / level)
 
 
 def test_build_features_unknown_device_raises():
@@ -353,11 +374,9 @@ def test_calendar_features_use_local_time():
     assert cal["time_of_day"].tolist() == [11.5, 12.0, 0.25]
     assert cal["day_of_week"].tolist() == [0, 5, 6]
     assert cal["is_weekend"].tolist() == [0, 1, 1]
-    assert cal["month"].tolist() == [1, 7, 3]
     assert cal["is_holiday"].tolist() == [0, 0, 0]
-    doy = np.array([6, 186, 89])
-    assert cal["day_of_year_sin"].to_numpy() == pytest.approx(np.sin(2 * np.pi * doy / 365.25))
-    assert cal["day_of_year_cos"].to_numpy() == pytest.approx(np.cos(2 * np.pi * doy / 365.25))
+    # No season features: an unseen day of the year would be mapped onto the last trained days.
+    assert not {"month", "day_of_year_sin", "day_of_year_cos"} & set(cal.columns)
 
 
 def test_calendar_holidays_follow_the_local_date():
@@ -391,7 +410,7 @@ def test_calendar_unknown_holiday_country_raises():
 def test_build_features_holiday_flag_on_christmas():
     spec = small_spec()
     grid = regular_grid(hourly("a", "2025-12-24 20:00", np.ones(6)), spec)
-    X, _ = build_features(grid, spec, {"a": 1.0})
+    X = build_features(grid, spec, {"a": 1.0}).features
     # 20:00..01:00 UTC = 21:00..02:00 local; 25 Dec begins at 23:00 UTC.
     assert X["is_holiday"].tolist() == [0, 0, 0, 1, 1, 1]
     assert X["time_of_day"].tolist() == [21.0, 22.0, 23.0, 0.0, 1.0, 2.0]

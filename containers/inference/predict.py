@@ -84,12 +84,12 @@ def main(report: runtime.Report, argv: list[str] | None = None) -> None:
     until = last + steps * resolution
     grid = regular_grid(history, spec, until=until)
     try:
-        X, _ = build_features(grid, spec, scales)
+        design = build_features(grid, spec, scales)
     except ValueError as exc:
         raise InferenceInputError(f"customer '{customer}': {exc}") from exc
     future = (grid["timestamp"] > last).to_numpy()
-    scale = grid["device_id"].map(scales).to_numpy()[future]
-    energy = np.clip(model.predict(X[future]) * scale, 0.0, None)
+    predicted = model.predict(design.features[future]) * design.kwh_per_unit[future]
+    energy = np.clip(predicted, 0.0, None)
     issued_at = pd.Timestamp(args.issued_at or datetime.now(UTC).isoformat())
     if issued_at.tzinfo is None:
         issued_at = issued_at.tz_localize("UTC")

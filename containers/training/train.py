@@ -96,15 +96,18 @@ def main(report: runtime.Report) -> None:
 
     scales = normalization_scales(series)
     grid = regular_grid(series, spec)
-    X, y = build_features(grid, spec, scales)
+    design = build_features(grid, spec, scales)
+    X, y = design.features, design.target
     usable = y.notna() & X[f"lag_{spec.lag_steps[-1]}"].notna()
     cutoff = grid["timestamp"].max() - pd.Timedelta(days=int(hp["holdout_days"]))
     is_train = usable & (grid["timestamp"] <= cutoff)
     is_holdout = (grid["timestamp"] > cutoff) & y.notna()
 
     model = fit(X[is_train], y[is_train], hp)
-    scale = grid["device_id"].map(scales).to_numpy()
-    predicted = pd.Series(model.predict(X[is_holdout]) * scale[is_holdout.to_numpy()], index=grid.index[is_holdout])
+    predicted = pd.Series(
+        model.predict(X[is_holdout]) * design.kwh_per_unit[is_holdout.to_numpy()],
+        index=grid.index[is_holdout],
+    )
 
     # Score the customer's total load: hours where every device has a value.
     per_device = grid.assign(predicted=predicted)

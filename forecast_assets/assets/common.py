@@ -40,7 +40,7 @@ def promote(store: ObjectStore, staging_prefix: str, target_uris: dict[str, str]
     outputs in place, and each copy replaces its object atomically.
     """
     for name, target in target_uris.items():
-        store.copy(join_uri(staging_prefix, name), target)
+        store.copy_object(join_uri(staging_prefix, name), target)
 
 
 def read_json(store: ObjectStore, uri: str) -> Any:

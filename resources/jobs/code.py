@@ -8,6 +8,7 @@ uploaded twice, and every job records exactly which code it ran.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -42,7 +43,11 @@ class CodeBundle:
     def tarball(self) -> bytes:
         """A reproducible tar.gz: sorted names, zero mtimes and owners."""
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+        # gzip's own header has a timestamp too (tarfile's "w:gz" sets it to now): zero it.
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w") as tar,
+        ):
             for name in sorted(self.files):
                 info = tarfile.TarInfo(name)
                 info.size = len(self.files[name])

@@ -76,7 +76,8 @@ def processing_job_request(
         "AppSpecification": {
             "ImageUri": settings.image_uri,
             "ContainerEntrypoint": list(entrypoint),
-            "ContainerArguments": list(arguments),
+            # The API rejects an empty list (minimum length 1): no arguments means no key.
+            **({"ContainerArguments": list(arguments)} if arguments else {}),
         },
         "ProcessingResources": {
             "ClusterConfig": {

@@ -2,24 +2,35 @@
 
 The model forecasts every step of the horizon directly (no feeding predictions back in), so all
 lags are at least the horizon long: a value at ``t - lag`` is known for every ``t`` up to
-``last_observed + horizon``. Each device's series is divided by that device's mean load (its
-*normalization scale*, saved with the model) so one model can learn from devices of very
-different size; predictions are multiplied back.
+``last_observed + horizon``.
+
+Two normalizations, both undone on the way out:
+- each device's series is divided by that device's mean load (its *normalization scale*, saved
+  with the model), so one model learns from devices of very different size;
+- the target and the lags are then expressed relative to the device's *recent level* (its mean
+  over the week ending ``horizon`` before the target). A forest cannot predict outside the range
+  it was trained on, so a model trained in summer would cap an autumn heating load; as a ratio
+  to the recent level, the model learns the daily and weekly shape and the level carries the
+  season.
 
 Calendar features are in the customer's local time zone, because people and buildings follow
-the local clock, and include public holidays from the `holidays` package.
+the local clock, and include public holidays from the `holidays` package. There is deliberately
+no month or day-of-year feature: with less than a few years of history a forest can only map an
+unseen day of the year onto the last days it trained on (a holiday week, say); the recent level
+carries the season instead.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 
-FEATURE_SPEC_VERSION = 1
+FEATURE_SPEC_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -47,13 +58,11 @@ class FeatureSpec:
         names = [f"lag_{s}" for s in self.lag_steps]
         names += [f"rolling_mean_{w}" for w in self.rolling_steps]
         names += [
+            "level",
             "time_of_day",
             "day_of_week",
             "is_weekend",
             "is_holiday",
-            "month",
-            "day_of_year_sin",
-            "day_of_year_cos",
             "device_code",
         ]
         return names
@@ -123,16 +132,12 @@ def _holiday_flags(local_dates: pd.Series, country: str) -> np.ndarray:
 
 def calendar_features(timestamps: pd.Series, spec: FeatureSpec) -> pd.DataFrame:
     local = pd.DatetimeIndex(timestamps).tz_convert(spec.timezone)
-    day_of_year = local.dayofyear.to_numpy()
     return pd.DataFrame(
         {
             "time_of_day": (local.hour + local.minute / 60.0).to_numpy(),
             "day_of_week": local.dayofweek.to_numpy(),
             "is_weekend": (local.dayofweek >= 5).astype(np.int8),
             "is_holiday": _holiday_flags(local.normalize().tz_localize(None), spec.holiday_country),
-            "month": local.month.to_numpy(),
-            "day_of_year_sin": np.sin(2 * np.pi * day_of_year / 365.25),
-            "day_of_year_cos": np.cos(2 * np.pi * day_of_year / 365.25),
         }
     )
 
@@ -158,12 +163,19 @@ def regular_grid(series: pd.DataFrame, spec: FeatureSpec, until: pd.Timestamp | 
     return pd.concat(parts, ignore_index=True)
 
 
-def build_features(
-    grid: pd.DataFrame, spec: FeatureSpec, scales: dict[str, float]
-) -> tuple[pd.DataFrame, pd.Series]:
-    """Feature matrix and normalized target for every row of ``grid`` (see :func:`regular_grid`).
+class Design(NamedTuple):
+    """Model inputs for every row of a grid, and how to turn predictions back into kWh."""
 
-    Lag values that fall in a gap are NaN; scikit-learn's forests route missing values.
+    features: pd.DataFrame
+    target: pd.Series  # energy / scale / level; NaN where energy is unknown
+    kwh_per_unit: np.ndarray  # scale * level: multiply a prediction by this to get kWh
+
+
+def build_features(grid: pd.DataFrame, spec: FeatureSpec, scales: dict[str, float]) -> Design:
+    """Features, target and de-normalization for every row of ``grid`` (see :func:`regular_grid`).
+
+    Lag values that fall in a gap are NaN; scikit-learn's forests route missing values. Where a
+    device has no recent level (a week-long gap), its mean load stands in.
     """
     unknown = sorted(set(grid["device_id"]) - set(spec.device_codes))
     if unknown:
@@ -177,17 +189,30 @@ def build_features(
         columns[f"lag_{lag}"] = by_device.shift(lag).to_numpy()
     shifted = by_device.shift(spec.horizon_steps)
     shifted_by_device = shifted.groupby(grid["device_id"].to_numpy(), sort=False)
-    for window in spec.rolling_steps:
-        columns[f"rolling_mean_{window}"] = (
+
+    def rolling_mean(window: int) -> np.ndarray:
+        return (
             shifted_by_device.rolling(window, min_periods=max(1, window // 2))
             .mean()
             .reset_index(level=0, drop=True)
             .reindex(grid.index)
             .to_numpy()
         )
+
+    level = rolling_mean(max(spec.rolling_steps))
+    level = np.where(np.isfinite(level) & (level > 1e-6), level, 1.0)
+    for name in list(columns):
+        columns[name] = columns[name] / level
+    for window in spec.rolling_steps:
+        columns[f"rolling_mean_{window}"] = rolling_mean(window) / level
+    columns["level"] = level
     features = pd.DataFrame(columns, index=grid.index)
     cal = calendar_features(grid["timestamp"], spec)
     cal.index = grid.index
     features = pd.concat([features, cal], axis=1)
     features["device_code"] = grid["device_id"].map(spec.device_codes).astype(int).to_numpy()
-    return features[spec.feature_names()], pd.Series(y, index=grid.index, name="target")
+    return Design(
+        features=features[spec.feature_names()],
+        target=pd.Series(y / level, index=grid.index, name="target"),
+        kwh_per_unit=scale * level,
+    )

@@ -1,0 +1,51 @@
+# Every command in the README runs through here. Each target installs what it needs first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export DAGSTER_HOME ?= $(CURDIR)/.forecast_data/dagster_home
+
+.PHONY: install demo ui test check lint typecheck pytest postgres bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $@
+
+## demo: demo data for 5 customers, then the whole graph for each (no AWS account needed)
+demo: install
+	mkdir -p "$(DAGSTER_HOME)"
+	$(PY) -m forecast_assets.demo
+
+## ui: the Dagster UI on the same data and instance as `make demo`
+ui: install
+	mkdir -p "$(DAGSTER_HOME)"
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+## test: lint, type check, then every test (PostgreSQL is installed if it is missing)
+test: check postgres pytest
+
+check: lint typecheck
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy forecast_assets resources containers
+
+pytest: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+postgres:
+	bash scripts/ensure_postgres.sh
+
+## bench: the measurements in benchmarks/README.md
+bench: install
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf .forecast_data

@@ -1,0 +1,120 @@
+"""Shared fixtures: a private data home per test, local resources, a Dagster instance, demo
+data, and a throwaway PostgreSQL server started from the installed binaries."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from forecast_assets.demo import land_demo_files
+from resources.database import Database
+from resources.jobs import LocalJobLauncher
+from resources.storage import LocalObjectStore
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+# A fixed end keeps test data identical from day to day.
+TEST_END = pd.Timestamp("2025-11-03", tz="UTC")
+
+
+@pytest.fixture
+def data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "data"
+    monkeypatch.setenv("FORECAST_DATA_HOME", str(home))
+    monkeypatch.delenv("FORECAST_DATABASE_URL", raising=False)
+    monkeypatch.delenv("FORECAST_ENV", raising=False)
+    return home
+
+
+@pytest.fixture
+def store(data_home: Path) -> LocalObjectStore:
+    return LocalObjectStore()
+
+
+@pytest.fixture
+def local_resources(store: LocalObjectStore) -> dict:
+    return {"store": store, "launcher": LocalJobLauncher(store=store), "database": Database()}
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as inst:
+        yield inst
+
+
+def land(store: LocalObjectStore, customers: list[str], days: int = 75) -> None:
+    """Demo files for the named demo customers, ending at TEST_END."""
+    land_demo_files(store, customers, days=days, end=TEST_END, seed=0)
+
+
+# PostgreSQL ------------------------------------------------------------------------------------
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of our own on 127.0.0.1, stopped and deleted after the session."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries are missing in CI (make postgres installs them)")
+        pytest.skip("PostgreSQL server binaries not found")
+    # The server refuses to run as root: run it as the postgres user in a folder it owns.
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="forecast-pg-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        base.chmod(0o755)
+        shutil.chown(base, "postgres", "postgres")
+    data = base / "data"
+    port = _free_port()
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        run(
+            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
+            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
+    except subprocess.CalledProcessError as exc:
+        log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
+        raise RuntimeError(f"could not start PostgreSQL: {exc.stderr.decode()} {log}") from exc
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("PostgreSQL did not become ready")
+            time.sleep(0.2)
+        yield url
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
