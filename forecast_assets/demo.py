@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import dagster as dg
 import pandas as pd
@@ -75,7 +76,8 @@ def _gate(result: dg.ExecuteInProcessResult) -> str:
 def summary_line(customer: str, result: dg.ExecuteInProcessResult) -> str:
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
-        reason = failures[0].event_specific_data.error.message.strip().splitlines()[0] if failures else "run failed"  # type: ignore[union-attr]
+        error = failures[0].step_failure_data.error if failures else None
+        reason = error.message.strip().splitlines()[0] if error else "run failed"
         step = failures[0].step_key if failures else "?"
         return f"{customer:<20} FAILED in {step}: {reason}"
     pre = _metadata(result, ["preprocessed", "load"])
@@ -92,7 +94,9 @@ def summary_line(customer: str, result: dg.ExecuteInProcessResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forecast-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=5, help=f"how many (max {len(DEMO_CUSTOMERS)})")
+    parser.add_argument(
+        "--customers", type=int, default=5, help=f"how many (max {len(DEMO_CUSTOMERS)})"
+    )
     parser.add_argument("--days", type=int, default=365, help="days of 15-minute history")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -102,11 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from forecast_assets.definitions import defs
 
     customers = [c.customer_id for c in DEMO_CUSTOMERS[: args.customers]]
-    store: ObjectStore = defs.resources["store"]  # type: ignore[assignment]
+    store = cast(ObjectStore, (defs.resources or {})["store"])
     landed = land_demo_files(store, customers, days=args.days, end=demo_end_date(), seed=args.seed)
     print(
         f"landing: {landed.written} file(s) written, {landed.unchanged} already there"
-        + (f", {landed.kept_different} different file(s) left untouched" if landed.kept_different else "")
+        + (
+            f", {landed.kept_different} different file(s) left untouched"
+            if landed.kept_different
+            else ""
+        )
     )
 
     instance = dg.DagsterInstance.get()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import holidays as holidays_lib
 import numpy as np
@@ -130,7 +131,7 @@ def _sig(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _window(h: np.ndarray, start: float, end: float, width: float) -> np.ndarray:
+def _window(h: np.ndarray, start: Any, end: Any, width: float) -> np.ndarray:
     """Smooth 0-1 switch that is on between ``start`` and ``end`` (hours)."""
     return _sig((h - start) / width) * _sig((end - h) / width)
 
@@ -267,8 +268,8 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         return base + (1.0 - base) * occ + heat + cool
     if profile == "retail":
         base = 0.3 + 0.15 * p["base"]
-        open_, close = 9.0 + 0.5 * p["start"], 20.0 + 0.5 * p["end"]
-        close = np.where(sat, close - 1.5, close)
+        open_ = 9.0 + 0.5 * p["start"]
+        close = np.where(sat, 18.5 + 0.5 * p["end"], 20.0 + 0.5 * p["end"])
         occ = 0.35 * _window(h, open_ - 1.5, close + 1.0, 0.3) + 0.65 * _window(
             h, open_, close, 0.3
         )

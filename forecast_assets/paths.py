@@ -1,13 +1,13 @@
 """Where each customer's data lives in the object store. Asset keys mirror these prefixes.
 
-    landing/<customer>/...                    raw meter files, as delivered (never modified)
-    manifests/<customer>/raw_load.json        what raw_load validated: files, sizes, SHA-256
-    manifests/<customer>/raw_load.manifest    the same files as a SageMaker ManifestFile
-    preprocessed/<customer>/load.parquet      regular load table (+ devices.json, quality.json)
-    models/<customer>/<job>/output/model.tar.gz  one per training job, as SageMaker lays it out
-    forecasts/<customer>/forecast.parquet     the latest forecast
-    jobs/<job>/output/<name>/                 where a job's outputs land before promotion
-    code/<job>/<sha256>/                      the job scripts, by content
+landing/<customer>/...                    raw meter files, as delivered (never modified)
+manifests/<customer>/raw_load.json        what raw_load validated: files, sizes, SHA-256
+manifests/<customer>/raw_load.manifest    the same files as a SageMaker ManifestFile
+preprocessed/<customer>/load.parquet      regular load table (+ devices.json, quality.json)
+models/<customer>/<job>/output/model.tar.gz  one per training job, as SageMaker lays it out
+forecasts/<customer>/forecast.parquet     the latest forecast
+jobs/<job>/output/<name>/                 where a job's outputs land before promotion
+code/<job>/<sha256>/                      the job scripts, by content
 """
 
 from __future__ import annotations

@@ -103,7 +103,11 @@ class Database(dg.ConfigurableResource):
 
     @cached_property
     def engine(self) -> sa.Engine:
-        url = self.url or os.environ.get(DATABASE_URL_VAR) or f"sqlite:///{data_home() / 'forecast.db'}"
+        url = (
+            self.url
+            or os.environ.get(DATABASE_URL_VAR)
+            or f"sqlite:///{data_home() / 'forecast.db'}"
+        )
         if url.startswith("sqlite:///"):
             data_home().mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, pool_pre_ping=True, future=True)
@@ -115,7 +119,9 @@ class Database(dg.ConfigurableResource):
 
     # Devices ---------------------------------------------------------------------------------
 
-    def upsert_devices(self, customer_id: str, devices: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    def upsert_devices(
+        self, customer_id: str, devices: Iterable[Mapping[str, Any]]
+    ) -> dict[str, int]:
         """Register devices; widen first/last reading of known ones. Returns new/updated counts."""
         now = _now()
         rows = [
@@ -136,7 +142,9 @@ class Database(dg.ConfigurableResource):
         with self.engine.begin() as conn:
             known = set(
                 conn.scalars(
-                    sa.select(devices_table.c.device_id).where(devices_table.c.customer_id == customer_id)
+                    sa.select(devices_table.c.device_id).where(
+                        devices_table.c.customer_id == customer_id
+                    )
                 )
             )
             stmt = self._insert(devices_table)
@@ -145,7 +153,9 @@ class Database(dg.ConfigurableResource):
                 index_elements=[devices_table.c.customer_id, devices_table.c.device_id],
                 set_={
                     "vendor": excluded.vendor,
-                    "first_reading": sa.func.min(devices_table.c.first_reading, excluded.first_reading)
+                    "first_reading": sa.func.min(
+                        devices_table.c.first_reading, excluded.first_reading
+                    )
                     if self.engine.dialect.name == "sqlite"
                     else sa.func.least(devices_table.c.first_reading, excluded.first_reading),
                     "last_reading": sa.func.max(devices_table.c.last_reading, excluded.last_reading)
@@ -239,9 +249,11 @@ class Database(dg.ConfigurableResource):
             rows = conn.execute(
                 sa.select(model_versions_table)
                 .where(model_versions_table.c.customer_id == customer_id)
-                .order_by(model_versions_table.c.created_at.desc(), model_versions_table.c.version.desc())
+                .order_by(
+                    model_versions_table.c.created_at.desc(), model_versions_table.c.version.desc()
+                )
             ).mappings()
-            return [self._model_from_row(r) for r in rows]
+            return [self._model_from_row(dict(r)) for r in rows]
 
     def latest_approved_model(self, customer_id: str) -> ModelVersion | None:
         return next((m for m in self.model_versions(customer_id) if m.status == "Approved"), None)

@@ -85,7 +85,9 @@ def postgres_url() -> Iterator[str]:
     bindir = _pg_bindir()
     if bindir is None:
         if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries are missing in CI (make postgres installs them)")
+            pytest.fail(
+                "PostgreSQL server binaries are missing in CI (make postgres installs them)"
+            )
         pytest.skip("PostgreSQL server binaries not found")
     # The server refuses to run as root: run it as the postgres user in a folder it owns.
     as_user: list[str] = []
@@ -100,8 +102,16 @@ def postgres_url() -> Iterator[str]:
     try:
         run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         run(
-            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
-            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
             "start",
         )
     except subprocess.CalledProcessError as exc:
@@ -110,11 +120,16 @@ def postgres_url() -> Iterator[str]:
     url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode:
+        while subprocess.run(
+            [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+        ).returncode:
             if time.monotonic() > deadline:
                 raise RuntimeError("PostgreSQL did not become ready")
             time.sleep(0.2)
         yield url
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)

@@ -87,7 +87,9 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_bad_raw_file_fails_naming_customer_file_and_problem(name, instance, local_resources, store):
+def test_bad_raw_file_fails_naming_customer_file_and_problem(
+    name, instance, local_resources, store
+):
     land(store, [CUSTOMER], days=10)
     data, problem = BAD_FILES[name]
     uri = store.uri("landing", CUSTOMER, "extra", name)
@@ -139,8 +141,12 @@ def test_failed_preprocessing_keeps_last_good_output(instance, local_resources, 
 
 def test_model_failing_its_gate_blocks_the_forecast(instance, local_resources, store):
     land(store, [CUSTOMER], days=60)
-    run_config = {"ops": {"models__load_forecast_model": {"config": {**FAST_TRAINING, "min_r2": 0.9999}}}}
-    result = materialize(instance, local_resources, CUSTOMER, [RAW, PRE, MODEL, FORECAST], run_config)
+    run_config = {
+        "ops": {"models__load_forecast_model": {"config": {**FAST_TRAINING, "min_r2": 0.9999}}}
+    }
+    result = materialize(
+        instance, local_resources, CUSTOMER, [RAW, PRE, MODEL, FORECAST], run_config
+    )
     gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate"]
     assert len(gate) == 1 and not gate[0].passed
     assert "below the minimum 1.000" in (gate[0].description or "")

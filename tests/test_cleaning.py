@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+
 from forecast_core.cleaning import OUTPUT_COLUMNS, CleaningError, deduplicate, regularize
 
 

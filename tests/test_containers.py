@@ -29,7 +29,9 @@ def install_bundle(job: str, code_dir: Path) -> Path:
     return code_dir / code.entry_script
 
 
-def run(script: Path, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def run(
+    script: Path, args: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess:
     # Only what a container would have: no inherited PYTHONPATH, no Pipes variables.
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     return subprocess.run(
@@ -78,8 +80,16 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     script = install_bundle("preprocessing", ml / "processing/input/code")
     proc = run(
         script,
-        ["--customer-id", CUSTOMER.customer_id, "--raw-dir", str(raw), "--manifest",
-         str(manifest_dir / "raw_load.json"), "--output-dir", str(output)],
+        [
+            "--customer-id",
+            CUSTOMER.customer_id,
+            "--raw-dir",
+            str(raw),
+            "--manifest",
+            str(manifest_dir / "raw_load.json"),
+            "--output-dir",
+            str(output),
+        ],
         {"SM_OUTPUT_DIR": str(ml / "output")},
         base,
     )
@@ -93,8 +103,15 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     (channel / "load.parquet").write_bytes((output / "load.parquet").read_bytes())
     config = ml / "input/config"
     config.mkdir(parents=True)
-    hps = {"customer_id": CUSTOMER.customer_id, "n_estimators": 30, "holdout_days": 14, "horizon_hours": 48}
-    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in hps.items()}))
+    hps = {
+        "customer_id": CUSTOMER.customer_id,
+        "n_estimators": 30,
+        "holdout_days": 14,
+        "horizon_hours": 48,
+    }
+    (config / "hyperparameters.json").write_text(
+        json.dumps({k: json.dumps(v) for k, v in hps.items()})
+    )
     script = install_bundle("training", ml / "code")
     env = {
         "SM_MODEL_DIR": str(ml / "model"),
@@ -123,9 +140,22 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     script = install_bundle("inference", ml / "processing/input/code")
     proc = run(
         script,
-        ["--customer-id", CUSTOMER.customer_id, "--model-version", "v1", "--model-dir", str(model_in),
-         "--history-dir", str(history), "--output-dir", str(forecast_out), "--horizon-hours", "24",
-         "--issued-at", "2025-11-03T06:00:00Z"],
+        [
+            "--customer-id",
+            CUSTOMER.customer_id,
+            "--model-version",
+            "v1",
+            "--model-dir",
+            str(model_in),
+            "--history-dir",
+            str(history),
+            "--output-dir",
+            str(forecast_out),
+            "--horizon-hours",
+            "24",
+            "--issued-at",
+            "2025-11-03T06:00:00Z",
+        ],
         {"SM_OUTPUT_DIR": str(ml / "output")},
         base,
     )
@@ -152,7 +182,10 @@ def test_preprocessing_output_is_regular_hourly_and_canonical(pipeline):
 
 def test_training_writes_sagemaker_model_layout_and_metrics(pipeline):
     assert sorted(p.name for p in pipeline["model"].iterdir()) == [
-        "feature_spec.json", "metrics.json", "model.joblib", "normalization.json",
+        "feature_spec.json",
+        "metrics.json",
+        "model.joblib",
+        "normalization.json",
     ]
     metrics = json.loads((pipeline["model"] / "metrics.json").read_text())
     for block in ("model", "baseline_seasonal_naive"):
@@ -187,8 +220,16 @@ def test_preprocessing_refuses_a_file_changed_after_validation(tmp_path):
     script = install_bundle("preprocessing", ml / "processing/input/code")
     proc = run(
         script,
-        ["--customer-id", CUSTOMER.customer_id, "--raw-dir", str(raw), "--manifest", str(manifest),
-         "--output-dir", str(ml / "processing/output/preprocessed")],
+        [
+            "--customer-id",
+            CUSTOMER.customer_id,
+            "--raw-dir",
+            str(raw),
+            "--manifest",
+            str(manifest),
+            "--output-dir",
+            str(ml / "processing/output/preprocessed"),
+        ],
         {"SM_OUTPUT_DIR": str(ml / "output")},
         tmp_path,
     )
@@ -209,9 +250,20 @@ def test_inference_refuses_a_horizon_beyond_the_trained_one(pipeline, tmp_path):
             tar.add(path, arcname=path.name)
     proc = run(
         script,
-        ["--customer-id", "acme", "--model-version", "v1", "--model-dir", str(model_in),
-         "--history-dir", str(pipeline["preprocessed"]), "--output-dir", str(tmp_path / "o"),
-         "--horizon-hours", "72"],
+        [
+            "--customer-id",
+            "acme",
+            "--model-version",
+            "v1",
+            "--model-dir",
+            str(model_in),
+            "--history-dir",
+            str(pipeline["preprocessed"]),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--horizon-hours",
+            "72",
+        ],
         {"SM_OUTPUT_DIR": str(ml / "output")},
         tmp_path,
     )

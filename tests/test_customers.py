@@ -16,9 +16,7 @@ from forecast_assets.customers import (
 )
 from forecast_assets.partitions import customers_partitions_def
 
-RULE = (
-    "use 1-32 lowercase letters, digits and hyphens, starting and ending with a letter or digit"
-)
+RULE = "use 1-32 lowercase letters, digits and hyphens, starting and ending with a letter or digit"
 
 
 @pytest.mark.parametrize(

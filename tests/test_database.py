@@ -66,7 +66,10 @@ def test_schema_creation_is_idempotent(db_url: str, customer: str):
     try:
         assert second.engine.url == first.engine.url
         assert list(second.devices(customer)["device_id"]) == ["d1"]
-        assert second.upsert_devices(customer, [_device("d1", T0, T0, 1)]) == {"new": 0, "updated": 1}
+        assert second.upsert_devices(customer, [_device("d1", T0, T0, 1)]) == {
+            "new": 0,
+            "updated": 1,
+        }
         assert "ix_forecasts_customer_issued" in {
             ix["name"] for ix in sa.inspect(second.engine).get_indexes("forecasts")
         }

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+
 from forecast_core.features import (
     FEATURE_SPEC_VERSION,
     FeatureSpec,

@@ -29,7 +29,9 @@ def test_forecast_job_for_two_customers(instance, data_home, store):
             raise_on_error=False,
         )
         assert result.success, summary_line(customer.customer_id, result)
-        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        materialized = {
+            e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+        }
         assert materialized == {
             "landing/raw_load",
             "preprocessed/load",
@@ -46,7 +48,15 @@ def test_forecast_job_for_two_customers(instance, data_home, store):
             for e in result.get_asset_materialization_events()
         }
         meta = model_meta["models/load_forecast_model"]
-        for key in ("job_name", "job_arn", "billable_seconds", "model_uri", "model_r2", "baseline_wape", "holdout"):
+        for key in (
+            "job_name",
+            "job_arn",
+            "billable_seconds",
+            "model_uri",
+            "model_r2",
+            "baseline_wape",
+            "holdout",
+        ):
             assert key in meta, key
         assert meta["model_wape"].value < meta["baseline_wape"].value
         assert len(meta["holdout"].value.records) >= 14
@@ -62,7 +72,14 @@ def test_forecast_job_for_two_customers(instance, data_home, store):
         forecast = database.latest_forecast(customer.customer_id)
         assert len(forecast) == 48 * customer.devices
         assert set(forecast["model_version"]) == {approved.version}
-        published = pd.read_parquet(data_home / "s3" / "forecast-assets" / "forecasts" / customer.customer_id / "forecast.parquet")
+        published = pd.read_parquet(
+            data_home
+            / "s3"
+            / "forecast-assets"
+            / "forecasts"
+            / customer.customer_id
+            / "forecast.parquet"
+        )
         assert len(published) == len(forecast)
         assert "gate PASSED" in summary_line(customer.customer_id, result)
 

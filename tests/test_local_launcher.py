@@ -52,7 +52,9 @@ def run_in_asset(fn, resources: dict[str, Any]) -> dg.ExecuteInProcessResult:
     """Run ``fn(context, launcher)`` inside a real asset step, as assets use the launcher."""
 
     @dg.asset
-    def probe(context: dg.AssetExecutionContext, launcher: LocalJobLauncher) -> dg.MaterializeResult:
+    def probe(
+        context: dg.AssetExecutionContext, launcher: LocalJobLauncher
+    ) -> dg.MaterializeResult:
         return fn(context, launcher)
 
     return dg.materialize([probe], resources=resources, raise_on_error=False)
@@ -148,7 +150,10 @@ def test_failed_processing_job_raises_with_exit_message_and_uploads_nothing(stor
         inputs=[JobInput("code", code)],
         outputs=[JobOutput("result", store.uri("out", "failed"))],
     )
-    result = run_in_asset(lambda c, launcher: launcher.run_processing_job(context=c, request=request), {"launcher": launcher})
+    result = run_in_asset(
+        lambda c, launcher: launcher.run_processing_job(context=c, request=request),
+        {"launcher": launcher},
+    )
     assert not result.success
     message = step_error(result)
     assert "processing job fa-test-fail-1 failed" in message
@@ -157,7 +162,9 @@ def test_failed_processing_job_raises_with_exit_message_and_uploads_nothing(stor
 
 
 def test_job_over_its_max_runtime_is_stopped(store, launcher):
-    code = publish_script(store, "slow.py", "import time\nprint('working', flush=True)\ntime.sleep(120)\n")
+    code = publish_script(
+        store, "slow.py", "import time\nprint('working', flush=True)\ntime.sleep(120)\n"
+    )
     request = processing_job_request(
         name="fa-test-slow-1",
         settings=JobSettings(image_uri="test:local", max_runtime_seconds=2),
@@ -166,7 +173,10 @@ def test_job_over_its_max_runtime_is_stopped(store, launcher):
         inputs=[JobInput("code", code)],
     )
     started = time.monotonic()
-    result = run_in_asset(lambda c, launcher: launcher.run_processing_job(context=c, request=request), {"launcher": launcher})
+    result = run_in_asset(
+        lambda c, launcher: launcher.run_processing_job(context=c, request=request),
+        {"launcher": launcher},
+    )
     assert not result.success
     assert "stopped: MaxRuntimeExceeded" in step_error(result)
     assert time.monotonic() - started < 60
@@ -201,7 +211,12 @@ def test_training_job_runs_script_mode_and_packs_model(store, launcher):
         channels=[JobInput("train", store.uri("data", "rows.txt"))],
         output_uri=store.uri("models", "acme"),
     )
-    result = run_in_asset(lambda c, launcher: dg.MaterializeResult(metadata=launcher.run_training_job(context=c, request=request).metadata()), {"launcher": launcher})
+    result = run_in_asset(
+        lambda c, launcher: dg.MaterializeResult(
+            metadata=launcher.run_training_job(context=c, request=request).metadata()
+        ),
+        {"launcher": launcher},
+    )
     assert result.success, step_error(result)
     with tarfile.open(fileobj=io.BytesIO(store.read_bytes(model_artifact_uri(request)))) as tar:
         assert tar.extractfile("model.txt").read() == b"ABC"  # type: ignore[union-attr]
@@ -246,7 +261,9 @@ def test_interruption_stops_the_job_and_its_children(launcher, data_home, tmp_pa
     job_dir.mkdir(parents=True)
     context = _Context()
     with pytest.raises(dg.DagsterExecutionInterruptedError):
-        launcher._execute(context, "interrupt", [launcher._python(), str(script)], dict(os.environ), job_dir, 300)  # type: ignore[arg-type]
+        launcher._execute(
+            context, "interrupt", [launcher._python(), str(script)], dict(os.environ), job_dir, 300
+        )  # type: ignore[arg-type]
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 15
     while _alive(child) and time.monotonic() < deadline:
@@ -276,7 +293,10 @@ def test_failed_job_on_missing_input(store, launcher):
         entrypoint=["python3", "/opt/ml/processing/input/code/none.py"],
         inputs=[JobInput("code", store.uri("code", "nothing-here") + "/")],
     )
-    result = run_in_asset(lambda c, launcher: launcher.run_processing_job(context=c, request=request), {"launcher": launcher})
+    result = run_in_asset(
+        lambda c, launcher: launcher.run_processing_job(context=c, request=request),
+        {"launcher": launcher},
+    )
     assert not result.success
     assert "matches no objects" in step_error(result)
 

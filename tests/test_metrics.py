@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+
 from forecast_core.metrics import GateResult, quality_gate, regression_metrics, seasonal_naive
 
 

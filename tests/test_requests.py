@@ -453,9 +453,10 @@ def test_bundle_contents_match_the_containers_folder():
         "forecast_core/features.py",
     } <= set(bundle.files)
     assert bundle.files["train.py"] == (containers / "training" / "train.py").read_bytes()
-    assert bundle.files["requirements.txt"] == (
-        containers / "training" / "requirements.txt"
-    ).read_bytes()
+    assert (
+        bundle.files["requirements.txt"]
+        == (containers / "training" / "requirements.txt").read_bytes()
+    )
     for name in core:
         assert bundle.files[name] == (containers / "shared" / name).read_bytes()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+
 from forecast_core.vendors import (
     VENDORS_BY_NAME,
     MeterFileError,

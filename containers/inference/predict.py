@@ -27,8 +27,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
-from forecast_core import runtime  # noqa: E402
-from forecast_core.features import FeatureSpec, build_features, regular_grid  # noqa: E402
+from forecast_core import runtime
+from forecast_core.features import FeatureSpec, build_features, regular_grid
 
 PROCESSING = Path("/opt/ml/processing")
 
@@ -68,12 +68,18 @@ def main(report: runtime.Report, argv: list[str] | None = None) -> None:
         model, spec, scales = load_model(args.model_dir, Path(tmp), customer)
     history_file = args.history_dir / "load.parquet"
     if not history_file.exists():
-        raise InferenceInputError(f"customer '{customer}': no {history_file.name} in {args.history_dir}")
+        raise InferenceInputError(
+            f"customer '{customer}': no {history_file.name} in {args.history_dir}"
+        )
     history = pd.read_parquet(history_file)
     history["device_id"] = history["device_id"].astype(str)
     resolution = spec.resolution
-    horizon_hours = args.horizon_hours if args.horizon_hours is not None else spec.horizon_steps * resolution / pd.Timedelta(hours=1)
-    steps = int(round(pd.Timedelta(hours=horizon_hours) / resolution))
+    horizon_hours = (
+        args.horizon_hours
+        if args.horizon_hours is not None
+        else spec.horizon_steps * resolution / pd.Timedelta(hours=1)
+    )
+    steps = round(pd.Timedelta(hours=horizon_hours) / resolution)
     if steps < 1 or steps > spec.horizon_steps:
         trained = spec.horizon_steps * resolution / pd.Timedelta(hours=1)
         raise InferenceInputError(

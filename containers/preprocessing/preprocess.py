@@ -24,9 +24,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
-from forecast_core.cleaning import deduplicate, regularize  # noqa: E402
-from forecast_core.runtime import Report, run_job  # noqa: E402
-from forecast_core.vendors import VENDORS_BY_NAME, MeterFileError, parse_meter_file  # noqa: E402
+from forecast_core.cleaning import deduplicate, regularize
+from forecast_core.runtime import Report, run_job
+from forecast_core.vendors import VENDORS_BY_NAME, MeterFileError, parse_meter_file
 
 PROCESSING = Path("/opt/ml/processing")
 
@@ -39,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customer-id", required=True)
     parser.add_argument("--raw-dir", type=Path, default=PROCESSING / "input" / "raw")
-    parser.add_argument("--manifest", type=Path, default=PROCESSING / "input" / "manifest" / "raw_load.json")
+    parser.add_argument(
+        "--manifest", type=Path, default=PROCESSING / "input" / "manifest" / "raw_load.json"
+    )
     parser.add_argument("--output-dir", type=Path, default=PROCESSING / "output" / "preprocessed")
     parser.add_argument("--interval", default="1h", help="target resolution, e.g. 1h or 30min")
     parser.add_argument("--max-fill-gap", default="1h", help="longest gap filled by interpolation")

@@ -20,20 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
-from forecast_core import runtime  # noqa: E402
-from forecast_core.features import (  # noqa: E402
+from forecast_core import runtime
+from forecast_core.features import (
     build_features,
     make_feature_spec,
     normalization_scales,
     regular_grid,
 )
-from forecast_core.metrics import regression_metrics, seasonal_naive  # noqa: E402
+from forecast_core.metrics import regression_metrics, seasonal_naive
 
 DEFAULTS: dict[str, Any] = {
     "n_estimators": 100,
@@ -87,7 +86,10 @@ def main(report: runtime.Report) -> None:
         devices=sorted(series["device_id"].unique()),
     )
     span = series["timestamp"].max() - series["timestamp"].min()
-    needed = pd.Timedelta(days=int(hp["holdout_days"]) + MIN_TRAIN_DAYS) + spec.resolution * spec.min_history_steps
+    needed = (
+        pd.Timedelta(days=int(hp["holdout_days"]) + MIN_TRAIN_DAYS)
+        + spec.resolution * spec.min_history_steps
+    )
     if span < needed:
         raise TrainingInputError(
             f"customer '{customer}': {span.days} days of load data, need at least {needed.days} "
@@ -111,7 +113,9 @@ def main(report: runtime.Report) -> None:
 
     # Score the customer's total load: hours where every device has a value.
     per_device = grid.assign(predicted=predicted)
-    actual_all = per_device.pivot_table(index="timestamp", columns="device_id", values="energy_kwh", dropna=False)
+    actual_all = per_device.pivot_table(
+        index="timestamp", columns="device_id", values="energy_kwh", dropna=False
+    )
     complete = actual_all.notna().all(axis=1)
     total_actual = actual_all.sum(axis=1, min_count=1).where(complete)
     holdout_rows = per_device[is_holdout]
@@ -120,7 +124,9 @@ def main(report: runtime.Report) -> None:
     holdout = pd.DataFrame({"actual": total_actual, "forecast": total_pred, "baseline": total_base})
     holdout = holdout[holdout.index > cutoff].dropna()
     if holdout.empty:
-        raise TrainingInputError(f"customer '{customer}': no complete hours in the holdout to score")
+        raise TrainingInputError(
+            f"customer '{customer}': no complete hours in the holdout to score"
+        )
     metrics = regression_metrics(holdout["actual"], holdout["forecast"])
     baseline = regression_metrics(holdout["actual"], holdout["baseline"])
 
@@ -131,7 +137,9 @@ def main(report: runtime.Report) -> None:
     out_model.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, out_model / "model.joblib", compress=3)
     (out_model / "feature_spec.json").write_text(spec.to_json())
-    (out_model / "normalization.json").write_text(json.dumps({"scale_kwh": scales}, indent=2, sort_keys=True))
+    (out_model / "normalization.json").write_text(
+        json.dumps({"scale_kwh": scales}, indent=2, sort_keys=True)
+    )
     summary = {
         "customer_id": customer,
         "model": metrics,

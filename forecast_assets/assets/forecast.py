@@ -25,7 +25,8 @@ from resources.storage import ObjectStore
 
 class ForecastConfig(dg.Config):
     horizon_hours: float = Field(
-        default=48, description="Hours to forecast after the last reading (at most the model's horizon)."
+        default=48,
+        description="Hours to forecast after the last reading (at most the model's horizon).",
     )
 
 
@@ -68,13 +69,20 @@ def load_forecast(
         role_arn=launcher.role_arn,
         entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/{entry}"],
         arguments=[
-            "--customer-id", customer,
-            "--model-version", model.version,
-            "--model-dir", processing_local_path("input", "model"),
-            "--history-dir", processing_local_path("input", "history"),
-            "--output-dir", processing_local_path("output", "forecast"),
-            "--horizon-hours", str(config.horizon_hours),
-            "--issued-at", issued_at,
+            "--customer-id",
+            customer,
+            "--model-version",
+            model.version,
+            "--model-dir",
+            processing_local_path("input", "model"),
+            "--history-dir",
+            processing_local_path("input", "history"),
+            "--output-dir",
+            processing_local_path("output", "forecast"),
+            "--horizon-hours",
+            str(config.horizon_hours),
+            "--issued-at",
+            issued_at,
         ],
         inputs=[
             JobInput("code", code_uri),
@@ -84,7 +92,9 @@ def load_forecast(
         outputs=[JobOutput("forecast", staging)],
         tags=job_tags(context, customer),
     )
-    job = launcher.run_processing_job(context=context, request=request, extras={"customer_id": customer})
+    job = launcher.run_processing_job(
+        context=context, request=request, extras={"customer_id": customer}
+    )
 
     target = paths.forecast(store, customer)
     promote(store, staging, {"forecast.parquet": target})

@@ -37,8 +37,12 @@ class TrainingConfig(dg.Config):
     random_state: int = 42
     holdout_days: int = Field(default=28, description="Most recent days held out for scoring.")
     horizon_hours: int = Field(default=48, description="Longest horizon the model will forecast.")
-    timezone: str = Field(default="Europe/Berlin", description="Local time zone for calendar features.")
-    holiday_country: str = Field(default="DE", description="Country whose public holidays are a feature.")
+    timezone: str = Field(
+        default="Europe/Berlin", description="Local time zone for calendar features."
+    )
+    holiday_country: str = Field(
+        default="DE", description="Country whose public holidays are a feature."
+    )
     refit_full: bool = Field(default=True, description="Refit on all data after scoring.")
     min_r2: float = Field(default=0.7, description="Quality gate: minimum R² on the holdout.")
     require_beating_baseline: bool = Field(
@@ -73,7 +77,9 @@ def holdout_table(holdout: pd.DataFrame, timezone: str) -> dg.TableMetadataValue
                 "actual_kwh": round(float(row.actual), 1),
                 "forecast_kwh": round(float(row.forecast), 1),
                 "baseline_kwh": round(float(row.baseline), 1),
-                "forecast_error_pct": round(float((row.forecast - row.actual) / row.actual * 100), 2)
+                "forecast_error_pct": round(
+                    float((row.forecast - row.actual) / row.actual * 100), 2
+                )
                 if row.actual
                 else 0.0,
             }
@@ -129,7 +135,9 @@ def load_forecast_model(
     customer = customer_id(context)
     train_uri = paths.preprocessed(store, customer)
     if not store.exists(train_uri):
-        raise dg.Failure(description=f"customer '{customer}': {train_uri} is missing; materialize preprocessed/load first")
+        raise dg.Failure(
+            description=f"customer '{customer}': {train_uri} is missing; materialize preprocessed/load first"
+        )
     code_uri, program = launcher.publish_code("training")
     name = job_name("training", customer, context.run_id, context.retry_number)
     request = training_job_request(
@@ -143,7 +151,9 @@ def load_forecast_model(
         output_uri=paths.models_prefix(store, customer),
         tags=job_tags(context, customer),
     )
-    job = launcher.run_training_job(context=context, request=request, extras={"customer_id": customer})
+    job = launcher.run_training_job(
+        context=context, request=request, extras={"customer_id": customer}
+    )
 
     model_uri = model_artifact_uri(request)
     summary, holdout = read_training_output(store, output_data_uri(request))
@@ -165,7 +175,9 @@ def load_forecast_model(
         auto_approve=config.auto_approve,
     )
     if not gate.passed:
-        context.log.warning(f"customer '{customer}': model {name} failed its quality gate: {'; '.join(gate.reasons)}")
+        context.log.warning(
+            f"customer '{customer}': model {name} failed its quality gate: {'; '.join(gate.reasons)}"
+        )
     gate_metadata = {
         "r2": round(model_metrics["r2"], 4),
         "min_r2": config.min_r2,

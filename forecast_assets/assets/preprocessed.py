@@ -30,9 +30,15 @@ KEY = dg.AssetKey(["preprocessed", "load"])
 
 
 class PreprocessingConfig(dg.Config):
-    interval: str = Field(default="1h", description="Resolution of the output table (pandas offset, e.g. 1h, 30min).")
-    max_fill_gap: str = Field(default="1h", description="Gaps up to this long are interpolated; longer ones stay gaps.")
-    max_gap_ratio: float = Field(default=0.05, description="The gap_ratio check warns above this share of gap intervals.")
+    interval: str = Field(
+        default="1h", description="Resolution of the output table (pandas offset, e.g. 1h, 30min)."
+    )
+    max_fill_gap: str = Field(
+        default="1h", description="Gaps up to this long are interpolated; longer ones stay gaps."
+    )
+    max_gap_ratio: float = Field(
+        default=0.05, description="The gap_ratio check warns above this share of gap intervals."
+    )
     max_spike_factor: float = Field(
         default=100.0,
         description="plausible_values fails on a value more than this many times its device's median.",
@@ -134,12 +140,18 @@ def preprocessed_load(
         role_arn=launcher.role_arn,
         entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/{entry}"],
         arguments=[
-            "--customer-id", customer,
-            "--raw-dir", processing_local_path("input", "raw"),
-            "--manifest", f"{processing_local_path('input', 'manifest')}/raw_load.json",
-            "--output-dir", processing_local_path("output", "preprocessed"),
-            "--interval", config.interval,
-            "--max-fill-gap", config.max_fill_gap,
+            "--customer-id",
+            customer,
+            "--raw-dir",
+            processing_local_path("input", "raw"),
+            "--manifest",
+            f"{processing_local_path('input', 'manifest')}/raw_load.json",
+            "--output-dir",
+            processing_local_path("output", "preprocessed"),
+            "--interval",
+            config.interval,
+            "--max-fill-gap",
+            config.max_fill_gap,
         ],
         inputs=[
             JobInput("code", code_uri),
@@ -149,7 +161,9 @@ def preprocessed_load(
         outputs=[JobOutput("preprocessed", staging)],
         tags=job_tags(context, customer),
     )
-    job = launcher.run_processing_job(context=context, request=request, extras={"customer_id": customer})
+    job = launcher.run_processing_job(
+        context=context, request=request, extras={"customer_id": customer}
+    )
 
     targets = {name: paths.preprocessed(store, customer, name) for name in paths.PREPROCESSED_FILES}
     promote(store, staging, targets)

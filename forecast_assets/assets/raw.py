@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from typing import Any
 
 import dagster as dg
 
@@ -37,7 +38,8 @@ def raw_load(context: dg.AssetExecutionContext, store: ObjectStore) -> dg.Materi
     if not objects:
         raise dg.Failure(description=f"customer '{customer}': no raw files under {prefix}")
 
-    files, problems = [], []
+    files: list[dict[str, Any]] = []
+    problems: list[str] = []
     combined = hashlib.sha256()
     for obj in objects:
         data = store.read_bytes(obj.uri)

@@ -83,7 +83,11 @@ class JobLauncher(dg.ConfigurableResource, ABC):
     inference: JobSettings = default_settings("inference")
 
     def settings_for(self, job: JobName) -> JobSettings:
-        return {"preprocessing": self.preprocessing, "training": self.training, "inference": self.inference}[job]
+        return {
+            "preprocessing": self.preprocessing,
+            "training": self.training,
+            "inference": self.inference,
+        }[job]
 
     def publish_code(self, job: JobName) -> tuple[str, str]:
         """Publish the job's code; returns (code URI, entry script).

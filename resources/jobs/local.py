@@ -75,7 +75,9 @@ class LocalJobLauncher(JobLauncher):
 
     # Running -----------------------------------------------------------------------------------
 
-    def _environment(self, request_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    def _environment(
+        self, request_env: Mapping[str, str], extra: Mapping[str, str]
+    ) -> dict[str, str]:
         env = {k: os.environ[k] for k in _PASSTHROUGH_ENV if k in os.environ}
         env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
         env.update(request_env)
@@ -186,7 +188,7 @@ class LocalJobLauncher(JobLauncher):
             status=status,
             started_at=started,
             ended_at=ended,
-            billable_seconds=int(round((ended - started).total_seconds())),
+            billable_seconds=round((ended - started).total_seconds()),
             instance_type=f"local ({instance_type} requested)",
             input_uris=inputs,
             output_uris=outputs,
@@ -214,7 +216,9 @@ class LocalJobLauncher(JobLauncher):
         root = job_dir / "opt" / "ml"
         started = datetime.now(UTC)
         context.log.info(f"starting processing job {name} locally in {job_dir}")
-        inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request.get("ProcessingInputs", [])}
+        inputs = {
+            i["InputName"]: i["S3Input"]["S3Uri"] for i in request.get("ProcessingInputs", [])
+        }
         outputs = {
             o["OutputName"]: o["S3Output"]["S3Uri"]
             for o in request.get("ProcessingOutputConfig", {}).get("Outputs", [])
@@ -245,7 +249,12 @@ class LocalJobLauncher(JobLauncher):
                 {**session.get_bootstrap_env_vars(), "SM_OUTPUT_DIR": str(root / "output")},
             )
             status, reason = self._execute(
-                context, name, command, env, job_dir, request["StoppingCondition"]["MaxRuntimeInSeconds"]
+                context,
+                name,
+                command,
+                env,
+                job_dir,
+                request["StoppingCondition"]["MaxRuntimeInSeconds"],
             )
         if status == "Completed":
             for spec in request.get("ProcessingOutputConfig", {}).get("Outputs", []):
@@ -321,7 +330,9 @@ class LocalJobLauncher(JobLauncher):
             "SM_INPUT_DIR": str(root / "input"),
             "SM_INPUT_CONFIG_DIR": str(config_dir),
             "SM_CHANNELS": json.dumps(sorted(channels)),
-            "SM_HPS": json.dumps({k: _decode(v) for k, v in hps.items() if not k.startswith("sagemaker_")}),
+            "SM_HPS": json.dumps(
+                {k: _decode(v) for k, v in hps.items() if not k.startswith("sagemaker_")}
+            ),
             "SM_USER_ENTRY_POINT": program,
             "SM_MODULE_DIR": source_uri,
             "SM_CURRENT_HOST": "algo-1",
@@ -329,8 +340,12 @@ class LocalJobLauncher(JobLauncher):
             "SM_NUM_CPUS": str(os.cpu_count() or 1),
             **{f"SM_CHANNEL_{c.upper()}": str(root / "input" / "data" / c) for c in channels},
         }
-        model_uri = join_uri(request["OutputDataConfig"]["S3OutputPath"], name, "output", "model.tar.gz")
-        output_uri = join_uri(request["OutputDataConfig"]["S3OutputPath"], name, "output", "output.tar.gz")
+        model_uri = join_uri(
+            request["OutputDataConfig"]["S3OutputPath"], name, "output", "model.tar.gz"
+        )
+        output_uri = join_uri(
+            request["OutputDataConfig"]["S3OutputPath"], name, "output", "output.tar.gz"
+        )
         with dg.open_pipes_session(
             context=context,
             context_injector=dg.PipesTempFileContextInjector(),

@@ -144,7 +144,10 @@ def training_job_request(
     return {
         "TrainingJobName": name,
         "RoleArn": role_arn,
-        "AlgorithmSpecification": {"TrainingImage": settings.image_uri, "TrainingInputMode": "File"},
+        "AlgorithmSpecification": {
+            "TrainingImage": settings.image_uri,
+            "TrainingInputMode": "File",
+        },
         "HyperParameters": hps,
         "InputDataConfig": [
             {

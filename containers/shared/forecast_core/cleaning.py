@@ -161,7 +161,9 @@ def regularize(
     report = GapReport()
     parts = []
     for device, group in readings.groupby("device_id", sort=True):
-        series = pd.Series(group["energy_kwh"].to_numpy(), index=pd.DatetimeIndex(group["timestamp"]))
+        series = pd.Series(
+            group["energy_kwh"].to_numpy(), index=pd.DatetimeIndex(group["timestamp"])
+        )
         parts.append(_regularize_device(str(device), series, interval_td, max_fill_td, report))
     if not parts:
         raise CleaningError("there are no readings to resample")

@@ -93,10 +93,10 @@ def make_feature_spec(
 ) -> FeatureSpec:
     """Default lags: the horizon, then whole days up to a week, and two weeks."""
     steps_per_hour = pd.Timedelta(hours=1) / resolution
-    horizon_steps = int(round(horizon_hours * steps_per_hour))
+    horizon_steps = round(horizon_hours * steps_per_hour)
     if horizon_steps < 1:
         raise ValueError(f"horizon of {horizon_hours} h is shorter than one step ({resolution})")
-    day = int(round(24 * steps_per_hour))
+    day = round(24 * steps_per_hour)
     candidates = {horizon_steps, *(d * day for d in range(2, 8)), 14 * day}
     lag_steps = tuple(sorted(s for s in candidates if s >= horizon_steps))
     rolling = (day, 7 * day)
@@ -157,7 +157,11 @@ def regular_grid(series: pd.DataFrame, spec: FeatureSpec, until: pd.Timestamp | 
         grid = pd.date_range(values.index[0], end, freq=spec.resolution)
         parts.append(
             pd.DataFrame(
-                {"timestamp": grid, "device_id": device, "energy_kwh": values.reindex(grid).to_numpy()}
+                {
+                    "timestamp": grid,
+                    "device_id": device,
+                    "energy_kwh": values.reindex(grid).to_numpy(),
+                }
             )
         )
     return pd.concat(parts, ignore_index=True)

@@ -26,14 +26,19 @@ def regression_metrics(actual, predicted) -> dict[str, float]:
     return {
         "mae": float(np.mean(np.abs(err))),
         "rmse": float(np.sqrt(np.mean(err**2))),
-        "mape": float(np.mean(np.abs(err[nonzero] / a[nonzero])) * 100) if nonzero.any() else float("nan"),
+        "mape": float(np.mean(np.abs(err[nonzero] / a[nonzero])) * 100)
+        if nonzero.any()
+        else float("nan"),
         "wape": float(np.sum(np.abs(err)) / np.sum(np.abs(a)) * 100) if np.any(a) else float("nan"),
         "r2": float(1 - np.sum(err**2) / ss_tot) if ss_tot > 0 else float("nan"),
         "n": int(a.size),
     }
 
 
-def seasonal_naive(series: pd.Series, season: pd.Timedelta = pd.Timedelta(days=7)) -> pd.Series:
+ONE_WEEK = pd.Timedelta(days=7)
+
+
+def seasonal_naive(series: pd.Series, season: pd.Timedelta = ONE_WEEK) -> pd.Series:
     """The value one season earlier (same time last week by default), aligned on the index."""
     shifted = series.copy()
     shifted.index = shifted.index + season
@@ -61,5 +66,7 @@ def quality_gate(
     if require_beating_baseline:
         wape, base = metrics.get("wape", float("nan")), baseline.get("wape", float("nan"))
         if not (np.isfinite(wape) and np.isfinite(base) and wape < base):
-            reasons.append(f"WAPE {wape:.2f}% does not beat the seasonal-naive baseline's {base:.2f}%")
+            reasons.append(
+                f"WAPE {wape:.2f}% does not beat the seasonal-naive baseline's {base:.2f}%"
+            )
     return GateResult(passed=not reasons, reasons=tuple(reasons))

@@ -133,10 +133,10 @@ def detect_vendor(data: bytes, file: str) -> VendorFormat:
     # No full match: say what is closest, so a missing timestamp column reads as that and not
     # as an unknown vendor.
     for vendor in VENDORS:
-        fields = set(_header_fields(header, vendor.separator))
-        present = [c for c in vendor.columns if c in fields]
+        names = set(_header_fields(header, vendor.separator))
+        present = [c for c in vendor.columns if c in names]
         if len(present) >= 2:
-            missing = [c for c in vendor.columns if c not in fields]
+            missing = [c for c in vendor.columns if c not in names]
             what = (
                 "has no timestamp column"
                 if vendor.timestamp_column in missing
