@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse
 
 import dagster as dg
 
@@ -35,11 +34,16 @@ class ObjectInfo:
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` -> (``bucket``, ``some/key``)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
+    """``s3://bucket/some/key`` -> (``bucket``, ``some/key``).
+
+    Split by hand rather than as a URL: in S3 keys ``#`` and ``?`` are ordinary characters.
+    """
+    if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return bucket, key
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -147,10 +151,9 @@ class LocalObjectStore(ObjectStore):
         )
 
     def list_objects(self, prefix_uri: str) -> list[ObjectInfo]:
-        parsed = urlparse(prefix_uri)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise ValueError(f"not an s3:// URI: {prefix_uri!r}")
-        bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+        bucket, prefix = split_uri(prefix_uri)
+        if ".." in prefix.split("/"):
+            raise ValueError(f"{prefix_uri!r} is not a plain prefix")
         bucket_dir = self.base / bucket
         # Walk only the deepest directory the prefix fully names.
         start = bucket_dir / prefix.rsplit("/", 1)[0] if "/" in prefix else bucket_dir

@@ -444,3 +444,16 @@ def test_uri_without_and_with_prefix():
     assert prefixed.uri() == "s3://bkt/team/proj"
     assert prefixed.uri("landing", "acme") == "s3://bkt/team/proj/landing/acme"
     assert LocalObjectStore(bucket="bkt", prefix="/team/proj/").uri("k") == "s3://bkt/team/proj/k"
+
+
+def test_hash_and_question_mark_are_part_of_the_key(store):
+    uri = "s3://b/landing/file#1?v=2.csv"
+    store.write_bytes(uri, b"x")
+    assert [o.key for o in store.list_objects("s3://b/landing/")] == ["landing/file#1?v=2.csv"]
+    assert not store.exists("s3://b/landing/file")
+
+
+def test_list_refuses_parent_segments(store):
+    store.write_bytes("s3://other/secret.csv", b"x")
+    with pytest.raises(ValueError, match="not a plain prefix"):
+        store.list_objects("s3://b/../other/")
