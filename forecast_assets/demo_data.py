@@ -37,7 +37,6 @@ from typing import Any
 import holidays as holidays_lib
 import numpy as np
 import pandas as pd
-from dateutil.easter import easter
 from scipy.signal import lfilter
 
 from forecast_core.vendors import VENDORS_BY_NAME
@@ -174,9 +173,12 @@ class _Calendar:
         self.holiday = dates.isin(holiday_days)
         # 0: working day, 1: Saturday, 2: Sunday or public holiday.
         self.day_type = np.where(self.holiday | (self.dow == 6), 2, np.where(self.dow == 5, 1, 0))
-        self.christmas = (self.month == 12) & (self.day >= 24) | (self.month == 1) & (self.day <= 1)
+        # Christmas Eve to New Year's Day, when many workplaces run at reduced strength.
+        self.christmas = ((self.month == 12) & (self.day >= 24)) | (
+            (self.month == 1) & (self.day <= 1)
+        )
         self.school_vacation = self._school_vacation(dates)
-        # Outdoor temperature, same for all customers of a seed (filled in by _temperature).
+        # Absolute time, for the weather and the compressor cycles.
         self.t_days = (
             (utc - pd.Timestamp("1970-01-01", tz="UTC")) / pd.Timedelta(days=1)
         ).to_numpy(dtype=float)
@@ -184,20 +186,11 @@ class _Calendar:
 
     @staticmethod
     def _school_vacation(dates: pd.DatetimeIndex) -> np.ndarray:
-        """Rough school vacations: two Easter weeks, six summer weeks, autumn, Christmas."""
+        """Rough school vacations: six summer weeks and two at Christmas."""
         month_day = dates.month * 100 + dates.day
         vacation = (
-            ((month_day >= 714) & (month_day <= 826))
-            | ((month_day >= 1013) & (month_day <= 1025))
-            | (month_day >= 1222)
-            | (month_day <= 106)
+            ((month_day >= 714) & (month_day <= 826)) | (month_day >= 1222) | (month_day <= 106)
         )
-        years = range(int(dates.year.min()), int(dates.year.max()) + 1)
-        easter_mondays = [pd.Timestamp(easter(y)) + pd.Timedelta(days=1) for y in years]
-        for monday in easter_mondays:
-            vacation |= (dates >= monday - pd.Timedelta(days=8)) & (
-                dates <= monday + pd.Timedelta(days=6)
-            )
         return np.asarray(vacation, dtype=bool)
 
 
@@ -237,6 +230,7 @@ def _device_params(customer: DemoCustomer, seed: int, k: int) -> dict[str, float
     sizes = sizes / _TYPICAL_SHAPE_MEAN[customer.profile]
     order = np.random.default_rng([seed, _crc(customer.customer_id), _TAG_PARAMS]).permutation(n)
     u = rng.uniform
+    steady = customer.profile == "cold-storage"
     return {
         "scale": float(sizes[order[k]] * u(0.85, 1.15)),
         "start": u(-0.6, 0.6),
@@ -248,7 +242,10 @@ def _device_params(customer: DemoCustomer, seed: int, k: int) -> dict[str, float
         "cycle_minutes": float(rng.choice([40, 45, 60, 72, 90])),
         "cycle_phase": u(0.0, 2 * np.pi),
         "defrost_hour": float(rng.integers(0, 24)) / 4.0,
-        "ar_sd": u(0.02, 0.03) if customer.profile == "cold-storage" else u(0.06, 0.08),
+        # Noise (log scale): a cold store hums along, people make the other buildings vary.
+        "ar_sd": u(0.02, 0.03) if steady else u(0.06, 0.08),
+        "daily_sd": 0.015 if steady else 0.04,
+        "white_sd": 0.01 if steady else 0.015,
     }
 
 
@@ -262,7 +259,7 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         start, end = 7.5 + p["start"], 18.0 + p["end"] - 1.5 * (cal.dow == 4)
         occ = _window(h, start, end, 0.4) * (1.0 - 0.12 * _window(h, 12.0, 13.0, 0.25))
         occ = np.where(work, occ, np.where(sat, 0.12 * _window(h, 9.0, 14.0, 0.4), 0.0))
-        occ = occ * np.where(cal.christmas, 0.6, 1.0)  # many take the week off
+        occ = occ * np.where(cal.christmas, 0.75, 1.0)  # many take the week off
         heat = 0.025 * p["heat"] * hdd * (0.35 + 0.65 * occ)
         cool = 0.035 * p["cool"] * cdd * (0.2 + 0.8 * occ)
         return base + (1.0 - base) * occ + heat + cool
@@ -284,8 +281,8 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         # Loading bays, lights and forklift chargers by day; compressors and defrost always.
         occ = np.where(
             work,
-            0.6 * _window(h, 6.0 + p["start"], 20.0 + p["end"], 0.5),
-            np.where(sat, 0.3 * _window(h, 6.0, 14.0, 0.5), 0.0),
+            0.75 * _window(h, 6.0 + p["start"], 20.0 + p["end"], 0.5),
+            np.where(sat, 0.35 * _window(h, 6.0, 14.0, 0.5), 0.0),
         )
         minutes = cal.t_days * 1440.0
         compressor = 0.1 * np.tanh(
@@ -300,7 +297,6 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         w = 0.15
         running = ~cal.holiday
         early = _window(h, 6.0, 14.0, w) * (running & (cal.dow <= 5)) * np.where(sat, 0.7, 1.0)
-        running &= ~cal.christmas  # only the early shift works between Christmas and New Year
         late = 0.85 * _window(h, 14.0, 22.0, w) * (running & (cal.dow <= 4))
         occ = early + late
         if p["shifts"] >= 3:
@@ -309,6 +305,7 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
                 + _sig((6.0 - h) / w) * (running & (cal.dow >= 1) & (cal.dow <= 4))
             )
             occ = occ + night
+        occ = occ * np.where(cal.christmas, 0.75, 1.0)  # reduced crews between the holidays
         heat = 0.025 * p["heat"] * hdd * (0.5 + 0.5 * np.minimum(occ, 1.0))  # hall heating
         cool = 0.015 * p["cool"] * cdd * (0.3 + 0.7 * np.minimum(occ, 1.0))
         return base + (1.0 - base) * occ + heat + cool
@@ -317,7 +314,7 @@ def _shape(profile: str, p: dict[str, float], cal: _Calendar, temp: np.ndarray) 
         start = 7.5 + 0.5 * p["start"]
         lessons = _window(h, start, 13.5, 0.3) + 0.45 * _window(h, 13.5, 16.5 + p["end"], 0.3)
         occ = np.where(work, lessons, 0.0)
-        occ = np.where(cal.school_vacation, 0.25 * _window(h, 8.0, 15.0, 0.4) * work, occ)
+        occ = np.where(cal.school_vacation, 0.35 * _window(h, 8.0, 15.0, 0.4) * work, occ)
         in_use = np.where(work & ~cal.school_vacation, _window(h, 5.0, 17.0, 0.5), 0.0)
         heat = 0.04 * p["heat"] * hdd * (0.3 + 0.7 * in_use)
         cool = 0.005 * p["cool"] * cdd * occ
@@ -347,24 +344,28 @@ def _month_draws(
     shocks[0] /= np.sqrt(1.0 - phi**2)  # start in the stationary distribution
     ar = lfilter([np.sqrt(1.0 - phi**2)], [1.0, -phi], shocks)
     days = int(np.ceil(n * step / pd.Timedelta(days=1)))
-    daily = rng.normal(0.0, 0.04, size=days)
+    daily = rng.standard_normal(days)
     day_of_step = (np.arange(n) * step // pd.Timedelta(days=1)).astype(int)
-    white = rng.normal(0.0, 0.015, size=n)
+    white = rng.standard_normal(n)
     spikes = np.zeros(n)
     for _ in range(rng.poisson(SPIKE_RATE * n)):
         at, length = int(rng.integers(n)), int(rng.integers(1, 3))
         spikes[at : at + length] = rng.uniform(0.8, 2.0)
+    # Short runs of missing readings, each in its own slot of 6 readings (at most 5 of them
+    # used) so that runs never merge into longer ones and a month's last reading is kept.
     missing = np.zeros(n, dtype=bool)
-    runs = round(MISSING_RATE * n / ((1 + MAX_MISSING_RUN) / 2))
-    for at, length in zip(
-        rng.integers(0, n, size=runs), rng.integers(1, MAX_MISSING_RUN + 1, size=runs), strict=True
-    ):
+    slots = (n - 1) // 6
+    runs = min(slots, round(MISSING_RATE * n / ((1 + MAX_MISSING_RUN) / 2)))
+    lengths = rng.integers(1, MAX_MISSING_RUN + 1, size=runs)
+    starts = 6 * rng.choice(slots, size=runs, replace=False) + rng.integers(0, 6 - lengths)
+    for at, length in zip(starts, lengths, strict=True):
         missing[at : at + length] = True
     duplicated = np.zeros(n, dtype=bool)
     duplicated[rng.choice(n, size=round(DUPLICATE_RATE * n), replace=False)] = True
     return {
         "ar": ar,
-        "level": daily[day_of_step] + white,
+        "daily": daily[day_of_step],
+        "white": white,
         "spikes": spikes,
         "missing": missing,
         "duplicated": duplicated,
@@ -439,7 +440,10 @@ def _simulate(
             count = min(len(draws["ar"]) - lo, n - first)
             win, part = slice(first, first + count), slice(lo, lo + count)
             ar[win] = draws["ar"][part] * params["ar_sd"]
-            level[win] = draws["level"][part]
+            level[win] = (
+                draws["daily"][part] * params["daily_sd"]
+                + draws["white"][part] * params["white_sd"]
+            )
             spikes[win] = draws["spikes"][part]
             missing[k, win] = draws["missing"][part]
             duplicated[k, win] = draws["duplicated"][part]

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from forecast_assets.assets import ALL_ASSETS
+from forecast_assets.demo import rejected_by_gate, summary_line
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from resources.database import Database
 from resources.storage import LocalObjectStore
@@ -151,6 +152,9 @@ def test_model_failing_its_gate_blocks_the_forecast(instance, local_resources, s
     assert len(gate) == 1 and not gate[0].passed
     assert "below the minimum 1.000" in (gate[0].description or "")
     assert not result.asset_materializations_for_node("forecasts__load_forecast")
+    # make demo reports this as the gate working, not as a failed customer.
+    assert rejected_by_gate(result)
+    assert "model REJECTED by its quality gate" in summary_line(CUSTOMER, result)
     versions = Database().model_versions(CUSTOMER)
     assert [v.status for v in versions] == ["Rejected"]
     assert not store.exists(store.uri("forecasts", CUSTOMER, "forecast.parquet"))
