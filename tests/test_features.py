@@ -136,7 +136,6 @@ def test_feature_names():
         "lag_5",
         "rolling_mean_2",
         "rolling_mean_4",
-        "level",
         "time_of_day",
         "day_of_week",
         "is_weekend",
@@ -264,7 +263,7 @@ def test_build_features_target_and_lags_are_relative_to_the_recent_level():
     for device, norm in NORMS.items():
         mask = (grid["device_id"] == device).to_numpy()
         levels = np.array([expected_level(norm, t, h, window) for t in range(N)])
-        assert X.loc[mask, "level"].to_numpy() == pytest.approx(levels)
+        assert "level" not in X.columns  # it would let the forest learn a past trend
         assert y[mask].to_numpy() == pytest.approx(norm / levels)
         assert design.kwh_per_unit[mask] == pytest.approx(SCALES[device] * levels)
         # target * kwh_per_unit gives back the energy itself.
@@ -299,7 +298,8 @@ def test_build_features_rolling_means_end_at_t_minus_horizon():
     # By hand: device a, row 6: window 4 covers rows 1..4 (1, 1.5, 2, 2.5), which is also the
     # level, so the relative rolling mean is exactly 1.
     assert X.loc[grid.index[6], "rolling_mean_4"] == pytest.approx(1.0)
-    assert X.loc[grid.index[6], "level"] == pytest.approx(1.75)
+    design = build_features(grid, spec, SCALES)
+    assert design.kwh_per_unit[6] == pytest.approx(SCALES["a"] * 1.75)
 
 
 @pytest.mark.parametrize("cut", [3, 5, 8])
@@ -341,12 +341,12 @@ def test_build_features_lag_in_a_gap_is_nan():
     values = np.arange(1, N + 1, dtype=float)
     values[4] = np.nan
     grid = regular_grid(hourly("a", "2025-01-06", values), spec)
-    X, y, _ = build_features(grid, spec, {"a": 1.0})
+    X, y, kwh_per_unit = build_features(grid, spec, {"a": 1.0})
     assert math.isnan(y[4])
     assert math.isnan(X.loc[6, "lag_2"]) and math.isnan(X.loc[7, "lag_3"])
     # Row 7: level = mean of rows 2..5 without the gap = (3 + 4 + 6) / 3.
     level = (3 + 4 + 6) / 3
-    assert X.loc[7, "level"] == pytest.approx(level)
+    assert kwh_per_unit[7] == pytest.approx(level)
     assert X.loc[7, "lag_2"] == pytest.approx(6.0 / level)
     # Rolling means skip the missing value: row 7 with window 2 covers rows 4..5.
     assert X.loc[7, "rolling_mean_2"] == pytest.approx(6.0 / level)

@@ -11,7 +11,9 @@ Two normalizations, both undone on the way out:
   over the week ending ``horizon`` before the target). A forest cannot predict outside the range
   it was trained on, so a model trained in summer would cap an autumn heating load; as a ratio
   to the recent level, the model learns the daily and weekly shape and the level carries the
-  season.
+  season. The level itself is deliberately not a feature: from a few weeks of training data a
+  forest would learn "high level, falling ratio" as a rule and carry a past trend into the
+  forecast (on the England & Wales demand benchmark it cost 16% of WAPE).
 
 Calendar features are in the customer's local time zone, because people and buildings follow
 the local clock, and include public holidays from the `holidays` package. There is deliberately
@@ -30,7 +32,7 @@ import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 
-FEATURE_SPEC_VERSION = 2
+FEATURE_SPEC_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,6 @@ class FeatureSpec:
         names = [f"lag_{s}" for s in self.lag_steps]
         names += [f"rolling_mean_{w}" for w in self.rolling_steps]
         names += [
-            "level",
             "time_of_day",
             "day_of_week",
             "is_weekend",
@@ -209,7 +210,6 @@ def build_features(grid: pd.DataFrame, spec: FeatureSpec, scales: dict[str, floa
         columns[name] = columns[name] / level
     for window in spec.rolling_steps:
         columns[f"rolling_mean_{window}"] = rolling_mean(window) / level
-    columns["level"] = level
     features = pd.DataFrame(columns, index=grid.index)
     cal = calendar_features(grid["timestamp"], spec)
     cal.index = grid.index
