@@ -4,6 +4,7 @@ failure reasons, time limits, script-mode training and stopping on interruption.
 import io
 import json
 import os
+import sys
 import tarfile
 import textwrap
 import time
@@ -23,6 +24,7 @@ from resources.jobs.requests import (
     processing_job_request,
     training_job_request,
 )
+from resources.jobs.sandbox import execute
 from resources.jobs.settings import JobSettings
 from resources.storage import LocalObjectStore
 
@@ -224,26 +226,13 @@ def test_training_job_runs_script_mode_and_packs_model(store, launcher):
         assert json.load(tar.extractfile("metrics.json")) == {"depth": 7}  # type: ignore[arg-type]
 
 
-class _InterruptingLog:
-    """A log that raises Dagster's interruption on the job's first line, as a cancel would."""
-
-    def __init__(self):
-        self.warnings: list[str] = []
-
-    def info(self, message: str) -> None:
-        if "pid=" in message:
-            raise dg.DagsterExecutionInterruptedError()
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
+def _interrupt_on_first_line(line: str) -> None:
+    """A log sink that raises Dagster's interruption on the job's first line, as a cancel would."""
+    if "pid=" in line:
+        raise dg.DagsterExecutionInterruptedError()
 
 
-class _Context:
-    def __init__(self):
-        self.log = _InterruptingLog()
-
-
-def test_interruption_stops_the_job_and_its_children(launcher, data_home, tmp_path):
+def test_interruption_stops_the_job_and_its_children(data_home, tmp_path):
     script = tmp_path / "spawn.py"
     pid_file = tmp_path / "child.pid"
     script.write_text(
@@ -259,17 +248,42 @@ def test_interruption_stops_the_job_and_its_children(launcher, data_home, tmp_pa
     )
     job_dir = data_home / "jobs" / "interrupt"
     job_dir.mkdir(parents=True)
-    context = _Context()
     with pytest.raises(dg.DagsterExecutionInterruptedError):
-        launcher._execute(
-            context, "interrupt", [launcher._python(), str(script)], dict(os.environ), job_dir, 300
-        )  # type: ignore[arg-type]
+        execute(
+            "interrupt",
+            [sys.executable, str(script)],
+            dict(os.environ),
+            job_dir,
+            300,
+            _interrupt_on_first_line,
+        )
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 15
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child), "the job's child process survived the interruption"
-    assert any("stopping the job" in w for w in context.log.warnings)
+    assert "stopping the job" in (job_dir / "job.log").read_text()
+
+
+def test_stop_request_stops_the_job(data_home, tmp_path):
+    script = tmp_path / "forever.py"
+    script.write_text("import time\nprint('up', flush=True)\ntime.sleep(300)\n")
+    job_dir = data_home / "jobs" / "stop"
+    job_dir.mkdir(parents=True)
+    lines: list[str] = []
+    started = time.monotonic()
+    status, reason = execute(
+        "stop",
+        [sys.executable, str(script)],
+        dict(os.environ),
+        job_dir,
+        300,
+        lines.append,
+        stop_requested=lambda: bool(lines),
+    )
+    assert (status, lines) == ("Stopped", ["up"])
+    assert reason is not None and "Stopped on request" in reason
+    assert time.monotonic() - started < 30
 
 
 def _alive(pid: int) -> bool:
