@@ -155,8 +155,11 @@ def load_forecast_model(
         context=context, request=request, extras={"customer_id": customer}
     )
 
-    model_uri = model_artifact_uri(request)
-    summary, holdout = read_training_output(store, output_data_uri(request))
+    # Where this job put them: a relaunched attempt may carry another name than the request.
+    model_uri = job.output_uris.get("model") or model_artifact_uri(request)
+    summary, holdout = read_training_output(
+        store, job.output_uris.get("output") or output_data_uri(request)
+    )
     model_metrics, baseline = summary["model"], summary["baseline_seasonal_naive"]
     gate = quality_gate(
         model_metrics,
@@ -166,7 +169,7 @@ def load_forecast_model(
     )
     version = database.register_model(
         customer_id=customer,
-        version=name,
+        version=job.name,
         model_uri=model_uri,
         metrics=summary,
         gate_passed=gate.passed,
@@ -176,20 +179,20 @@ def load_forecast_model(
     )
     if not gate.passed:
         context.log.warning(
-            f"customer '{customer}': model {name} failed its quality gate: {'; '.join(gate.reasons)}"
+            f"customer '{customer}': model {job.name} failed its quality gate: {'; '.join(gate.reasons)}"
         )
     gate_metadata = {
         "r2": round(model_metrics["r2"], 4),
         "min_r2": config.min_r2,
         "wape": round(model_metrics["wape"], 3),
         "baseline_wape": round(baseline["wape"], 3),
-        "model_version": name,
+        "model_version": job.name,
     }
     return dg.MaterializeResult(
         metadata={
             **job.reported_metadata(),
             **job.metadata(),
-            "model_version": name,
+            "model_version": job.name,
             "model_uri": dg.MetadataValue.url(model_uri),
             "approval_status": version.status,
             **{f"model_{k}": round(v, 4) for k, v in model_metrics.items() if k != "n"},
