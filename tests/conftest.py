@@ -1,5 +1,6 @@
 """Shared fixtures: a private data home per test, local resources, a Dagster instance, demo
-data, and a throwaway PostgreSQL server started from the installed binaries."""
+data, a throwaway PostgreSQL server started from the installed binaries, and a moto server
+standing in for AWS."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
+import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -21,7 +24,7 @@ import pytest
 from forecast_assets.demo import land_demo_files
 from resources.database import Database
 from resources.jobs import LocalJobLauncher
-from resources.storage import LocalObjectStore
+from resources.storage import LocalObjectStore, S3ObjectStore
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -133,3 +136,68 @@ def postgres_url() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+# AWS, as moto -----------------------------------------------------------------------------------
+
+TEST_REGION = "eu-central-1"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on 127.0.0.1 (S3, SageMaker, CloudWatch Logs, ...): its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, moto_server: str) -> Iterator[str]:
+    """Fake credentials and the moto endpoint for every boto3 client; moto emptied first.
+
+    Nothing from a developer's own AWS setup (profiles, config files, endpoints) can leak in.
+    """
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", TEST_REGION)
+    monkeypatch.setenv("AWS_REGION", TEST_REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    reset = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(reset, timeout=30) as response:
+        assert response.status == 200
+    yield moto_server
+
+
+@pytest.fixture
+def make_bucket(aws_env: str) -> Callable[[], str]:
+    """Creates a bucket with a name of its own in moto, and returns the name."""
+    import boto3
+
+    client = boto3.client("s3")
+
+    def make() -> str:
+        name = f"test-{uuid.uuid4().hex[:16]}"
+        client.create_bucket(
+            Bucket=name, CreateBucketConfiguration={"LocationConstraint": TEST_REGION}
+        )
+        return name
+
+    return make
+
+
+@pytest.fixture
+def s3_store(make_bucket: Callable[[], str]) -> S3ObjectStore:
+    """An S3ObjectStore on a fresh bucket in moto, configured only by the environment."""
+    return S3ObjectStore(bucket=make_bucket())

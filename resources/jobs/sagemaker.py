@@ -24,6 +24,7 @@ What it adds over a plain launch-and-wait:
   output URIs.
 """
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -241,17 +242,21 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
 
     # Launching -----------------------------------------------------------------------------------
 
-    def _describe(self, api: _Api, name: str) -> dict[str, Any] | None:
-        try:
-            return getattr(self.client, api.describe)(**{api.name_field: name})
-        except ClientError as exc:
-            message = exc.response.get("Error", {}).get("Message", "")
-            if (
-                exc.response.get("Error", {}).get("Code") == "ValidationException"
-                and "not found" in message.lower()
-            ):
-                return None
-            raise
+    def _describe(self, api: _Api, name: str, attempts: int = 10) -> dict[str, Any] | None:
+        """Describe ``name``; None if there is no such job. Throttling is waited out (bounded)."""
+        delays = self.wait.delays()
+        for attempt in range(attempts):
+            try:
+                return getattr(self.client, api.describe)(**{api.name_field: name})
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                code, message = error.get("Code"), error.get("Message", "")
+                if code == "ValidationException" and "not found" in message.lower():
+                    return None
+                if code not in THROTTLING_CODES or attempt == attempts - 1:
+                    raise
+                self.wait.sleep(next(delays))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _resolve_name(self, context, api: _Api, name: str) -> tuple[str, dict[str, Any] | None]:
         """The name to use, and the existing job of that name to reattach to (if any)."""
@@ -278,7 +283,10 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
             **session.get_bootstrap_env_vars(),
         }
         tags = {t["Key"]: t["Value"] for t in request.get("Tags", [])}
-        for key, value in session.default_remote_invocation_info.items():
+        for key, value in {
+            **session.default_remote_invocation_info,
+            **_asset_tags(context),
+        }.items():
             tags.setdefault(key, str(value)[:256])
         request["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
         response = getattr(self.client, api.create)(**request)
@@ -348,6 +356,17 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
                 ]
             )
         return meta
+
+
+def _asset_tags(context: Any) -> dict[str, str]:
+    """The asset and partition a job is for, so the console leads back to Dagster."""
+    tags: dict[str, str] = {}
+    if getattr(context, "has_partition_key", False):
+        tags["dagster/partition"] = context.partition_key
+    # An op, or a multi-asset, has no single asset key to name.
+    with contextlib.suppress(Exception):
+        tags["dagster/asset"] = context.asset_key.to_user_string()
+    return tags
 
 
 class _WaitCeilingExceededError(Exception):
