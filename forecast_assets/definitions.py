@@ -10,16 +10,38 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from forecast_assets.assets import ALL_ASSETS
 from forecast_assets.environment import Environment, current_environment
 from forecast_assets.jobs import ALL_JOBS
 from resources.database import Database
 from resources.jobs import LocalJobLauncher
-from resources.storage import LocalObjectStore
+from resources.jobs.sagemaker import SageMakerJobLauncher
+from resources.jobs.settings import JobName, JobSettings, PlatformSettings
+from resources.storage import LocalObjectStore, S3ObjectStore
+
+
+def _job_settings_from_env(job: JobName) -> JobSettings:
+    """One job's compute settings, from FORECAST_<JOB>_* variables (see .env.example)."""
+    var = f"FORECAST_{job.upper()}"
+    fields: dict[str, Any] = {
+        "image_uri": dg.EnvVar(f"{var}_IMAGE_URI"),
+        "instance_type": dg.EnvVar(f"{var}_INSTANCE_TYPE"),
+        "instance_count": dg.EnvVar.int(f"{var}_INSTANCE_COUNT"),
+        "volume_size_gb": dg.EnvVar.int(f"{var}_VOLUME_SIZE_GB"),
+        "max_runtime_seconds": dg.EnvVar.int(f"{var}_MAX_RUNTIME_SECONDS"),
+    }
+    if job == "training":
+        fields["spot_max_wait_seconds"] = dg.EnvVar.int("FORECAST_TRAINING_SPOT_MAX_WAIT_SECONDS")
+    return JobSettings(**fields)
 
 
 def resources_for(environment: Environment) -> dict[str, Any]:
+    """The same three resources in every environment; only their implementations differ.
+
+    Nothing here reads the environment: ``dg.EnvVar`` values are resolved when a run starts.
+    """
     if environment == "local":
         store = LocalObjectStore()
         return {
@@ -27,10 +49,30 @@ def resources_for(environment: Environment) -> dict[str, Any]:
             "launcher": LocalJobLauncher(store=store),
             "database": Database(),
         }
-    raise NotImplementedError(
-        f"the {environment!r} environment (SageMaker, S3, PostgreSQL) is not built yet; "
-        "unset FORECAST_ENV to run locally"
+    region = dg.EnvVar("FORECAST_AWS_REGION")
+    s3_store = S3ObjectStore(
+        bucket=dg.EnvVar("FORECAST_BUCKET"),
+        prefix=dg.EnvVar("FORECAST_PREFIX"),
+        s3=S3Resource(region_name=region),
     )
+    return {
+        "store": s3_store,
+        "launcher": SageMakerJobLauncher(
+            store=s3_store,
+            region_name=region,
+            role_arn=dg.EnvVar("FORECAST_SAGEMAKER_ROLE_ARN"),
+            platform=PlatformSettings(
+                kms_key_id=dg.EnvVar("FORECAST_KMS_KEY_ID"),
+                subnets=dg.EnvVar("FORECAST_SUBNETS"),
+                security_group_ids=dg.EnvVar("FORECAST_SECURITY_GROUP_IDS"),
+                tags=dg.EnvVar("FORECAST_TAGS"),
+            ),
+            preprocessing=_job_settings_from_env("preprocessing"),
+            training=_job_settings_from_env("training"),
+            inference=_job_settings_from_env("inference"),
+        ),
+        "database": Database(url=dg.EnvVar("FORECAST_DATABASE_URL")),
+    }
 
 
 def build_definitions(environment: Environment | None = None) -> dg.Definitions:

@@ -37,6 +37,10 @@ def models_prefix(store: ObjectStore, customer: str) -> str:
     return store.uri("models", customer)
 
 
+def checkpoints(store: ObjectStore, customer: str) -> str:
+    return store.uri("checkpoints", customer)
+
+
 def forecast(store: ObjectStore, customer: str) -> str:
     return store.uri("forecasts", customer, "forecast.parquet")
 

@@ -25,7 +25,7 @@ from resources.jobs.requests import (
     processing_job_request,
     training_job_request,
 )
-from resources.jobs.settings import JOB_NAMES, LOCAL_ROLE_ARN, JobSettings
+from resources.jobs.settings import JOB_NAMES, LOCAL_ROLE_ARN, JobSettings, PlatformSettings
 from resources.storage import LocalObjectStore
 
 SAGEMAKER_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -609,3 +609,97 @@ def test_changed_code_is_published_beside_the_old(store: LocalObjectStore, conta
     new = job_code.publish_tarball(store, job_code.bundle("training", containers_dir=containers))
     assert new != old
     assert [o.uri for o in store.list_objects(store.uri("code", "training"))] == sorted([old, new])
+
+
+PLATFORM = PlatformSettings(
+    kms_key_id="arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    subnets="subnet-0a1b2c3d, subnet-4e5f6a7b",
+    security_group_ids="sg-0123456789abcdef0",
+    tags="team=energy,customer=overridden",
+)
+
+
+def test_platform_settings_reach_processing_requests():
+    request = processing_job_request(
+        name="fa-prep-acme-0",
+        settings=SETTINGS,
+        role_arn=ROLE,
+        entrypoint=["python3", "x.py"],
+        outputs=[JobOutput("out", "s3://bkt/jobs/x/out")],
+        tags={"customer": "acme"},
+        platform=PLATFORM,
+    )
+    assert request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == PLATFORM.kms_key_id
+    assert request["ProcessingOutputConfig"]["KmsKeyId"] == PLATFORM.kms_key_id
+    assert request["NetworkConfig"] == {
+        "VpcConfig": {
+            "Subnets": ["subnet-0a1b2c3d", "subnet-4e5f6a7b"],
+            "SecurityGroupIds": ["sg-0123456789abcdef0"],
+        }
+    }
+    # The job's own tags win over the deployment's.
+    assert request["Tags"] == [
+        {"Key": "customer", "Value": "acme"},
+        {"Key": "team", "Value": "energy"},
+    ]
+    assert _validate("CreateProcessingJob", request) == ("", [])
+
+
+def test_spot_training_with_checkpoints_and_platform_settings():
+    settings = JobSettings(image_uri="i", max_runtime_seconds=1800, spot_max_wait_seconds=3600)
+    request = training_job_request(
+        name="fa-train-acme-0",
+        settings=settings,
+        role_arn=ROLE,
+        program="train.py",
+        source_uri="s3://bkt/code/training/abc/sourcedir.tar.gz",
+        hyperparameters={},
+        channels=[JobInput("train", "s3://bkt/preprocessed/acme/load.parquet")],
+        output_uri="s3://bkt/models/acme",
+        platform=PLATFORM,
+        checkpoint_uri="s3://bkt/checkpoints/acme",
+    )
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {
+        "MaxRuntimeInSeconds": 1800,
+        "MaxWaitTimeInSeconds": 3600,
+    }
+    assert request["CheckpointConfig"] == {
+        "S3Uri": "s3://bkt/checkpoints/acme",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == PLATFORM.kms_key_id
+    assert request["VpcConfig"]["Subnets"] == ["subnet-0a1b2c3d", "subnet-4e5f6a7b"]
+    assert _validate("CreateTrainingJob", request) == ("", [])
+    with pytest.raises(ValueError, match="spot training needs a checkpoint_uri"):
+        training_job_request(
+            name="fa-train-acme-0",
+            settings=settings,
+            role_arn=ROLE,
+            program="train.py",
+            source_uri="s3://b/s.tar.gz",
+            hyperparameters={},
+            channels=[],
+            output_uri="s3://b/m",
+        )
+
+
+def test_training_without_channels_sends_no_input_config():
+    request = training_job_request(
+        name="fa-train-acme-0",
+        settings=SETTINGS,
+        role_arn=ROLE,
+        program="train.py",
+        source_uri="s3://b/s.tar.gz",
+        hyperparameters={},
+        channels=[],
+        output_uri="s3://b/m",
+    )
+    assert "InputDataConfig" not in request
+    assert _validate("CreateTrainingJob", request) == ("", [])
+
+
+@pytest.mark.parametrize("bad", ["team", "=x", "a=1,b"])
+def test_malformed_platform_tags_are_refused(bad):
+    with pytest.raises(ValueError, match="is not key=value"):
+        PlatformSettings(tags=bad).tag_map()

@@ -240,3 +240,21 @@ def test_names_stay_valid_with_the_longest_customer_id(attempt):
         name = next_attempt_name(base, attempt)
         assert len(name) <= 63 and SAGEMAKER_NAME.fullmatch(name), name
         assert name.endswith(f"-a{attempt}")
+
+
+def test_empty_image_uri_means_the_prebuilt_sklearn_image(s3_store):
+    from resources.jobs.sagemaker import SageMakerJobLauncher
+
+    launcher = SageMakerJobLauncher(
+        store=s3_store,
+        region_name="eu-central-1",
+        training=JobSettings(image_uri="", instance_type="ml.m5.large"),
+    )
+    image = launcher.settings_for("training").image_uri
+    assert (
+        image
+        == "492215442770.dkr.ecr.eu-central-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+    )
+    assert (
+        launcher.settings_for("preprocessing").image_uri == launcher.preprocessing.image_uri
+    )  # set: kept

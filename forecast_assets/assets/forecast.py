@@ -91,6 +91,7 @@ def load_forecast(
         ],
         outputs=[JobOutput("forecast", staging)],
         tags=job_tags(context, customer),
+        platform=launcher.platform,
     )
     job = launcher.run_processing_job(
         context=context, request=request, extras={"customer_id": customer}

@@ -150,6 +150,8 @@ def load_forecast_model(
         channels=[JobInput("train", train_uri)],
         output_uri=paths.models_prefix(store, customer),
         tags=job_tags(context, customer),
+        platform=launcher.platform,
+        checkpoint_uri=paths.checkpoints(store, customer),
     )
     job = launcher.run_training_job(
         context=context, request=request, extras={"customer_id": customer}

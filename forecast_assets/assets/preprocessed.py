@@ -160,6 +160,7 @@ def preprocessed_load(
         ],
         outputs=[JobOutput("preprocessed", staging)],
         tags=job_tags(context, customer),
+        platform=launcher.platform,
     )
     job = launcher.run_processing_job(
         context=context, request=request, extras={"customer_id": customer}

@@ -9,7 +9,13 @@ from typing import Any, Literal
 import dagster as dg
 
 from resources.jobs import code as job_code
-from resources.jobs.settings import LOCAL_ROLE_ARN, JobName, JobSettings, default_settings
+from resources.jobs.settings import (
+    LOCAL_ROLE_ARN,
+    JobName,
+    JobSettings,
+    PlatformSettings,
+    default_settings,
+)
 from resources.storage import ObjectStore
 
 JobType = Literal["processing", "training"]
@@ -81,6 +87,7 @@ class JobLauncher(dg.ConfigurableResource, ABC):
     preprocessing: JobSettings = default_settings("preprocessing")
     training: JobSettings = default_settings("training")
     inference: JobSettings = default_settings("inference")
+    platform: PlatformSettings = PlatformSettings()
 
     def settings_for(self, job: JobName) -> JobSettings:
         return {

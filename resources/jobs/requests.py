@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from resources.jobs.settings import JobSettings
+from resources.jobs.settings import JobSettings, PlatformSettings
 
 PROCESSING_INPUT_ROOT = "/opt/ml/processing/input"
 PROCESSING_OUTPUT_ROOT = "/opt/ml/processing/output"
@@ -53,8 +53,17 @@ def processing_local_path(kind: Literal["input", "output"], name: str) -> str:
     return f"{PROCESSING_INPUT_ROOT if kind == 'input' else PROCESSING_OUTPUT_ROOT}/{name}"
 
 
-def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v[:256]} for k, v in sorted(tags.items())]
+def _tags(
+    tags: Mapping[str, str], platform: PlatformSettings | None = None
+) -> list[dict[str, str]]:
+    merged = {**(platform.tag_map() if platform else {}), **tags}
+    return [{"Key": k, "Value": v[:256]} for k, v in sorted(merged.items())]
+
+
+def _vpc(platform: PlatformSettings | None) -> dict[str, Any] | None:
+    if platform is None or not platform.subnet_list():
+        return None
+    return {"Subnets": platform.subnet_list(), "SecurityGroupIds": platform.security_group_list()}
 
 
 def processing_job_request(
@@ -68,9 +77,13 @@ def processing_job_request(
     outputs: Sequence[JobOutput] = (),
     environment: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
+    platform: PlatformSettings | None = None,
 ) -> dict[str, Any]:
-    """Body of CreateProcessingJob. Inputs land in /opt/ml/processing/input/<name>."""
-    return {
+    """Body of CreateProcessingJob. Inputs land in /opt/ml/processing/input/<name>.
+
+    ``platform`` adds the deployment's KMS key, VPC and tags (its tags yield to ``tags``).
+    """
+    request: dict[str, Any] = {
         "ProcessingJobName": name,
         "RoleArn": role_arn,
         "AppSpecification": {
@@ -114,8 +127,15 @@ def processing_job_request(
             ]
         },
         "Environment": dict(environment or {}),
-        "Tags": _tags(tags or {}),
+        "Tags": _tags(tags or {}, platform),
     }
+    kms = platform.kms_key_id if platform else ""
+    if kms:
+        request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] = kms
+        request["ProcessingOutputConfig"]["KmsKeyId"] = kms
+    if vpc := _vpc(platform):
+        request["NetworkConfig"] = {"VpcConfig": vpc}
+    return request
 
 
 def training_job_request(
@@ -130,6 +150,8 @@ def training_job_request(
     output_uri: str,
     environment: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
+    platform: PlatformSettings | None = None,
+    checkpoint_uri: str | None = None,
 ) -> dict[str, Any]:
     """Body of CreateTrainingJob in script mode.
 
@@ -137,11 +159,14 @@ def training_job_request(
     (in the prebuilt framework images) which script to run from which source bundle; the model
     lands at ``<output_uri>/<name>/output/model.tar.gz``. Hyperparameter values are JSON-encoded
     strings, as the SageMaker SDK sends them.
+
+    With ``settings.spot_max_wait_seconds`` above 0 the job uses managed spot capacity and
+    checkpoints to ``checkpoint_uri``, so an interrupted job resumes rather than restarts.
     """
     hps = {k: json.dumps(v) for k, v in sorted(hyperparameters.items())}
     hps["sagemaker_program"] = json.dumps(program)
     hps["sagemaker_submit_directory"] = json.dumps(source_uri)
-    return {
+    request: dict[str, Any] = {
         "TrainingJobName": name,
         "RoleArn": role_arn,
         "AlgorithmSpecification": {
@@ -149,6 +174,7 @@ def training_job_request(
             "TrainingInputMode": "File",
         },
         "HyperParameters": hps,
+        # The API refuses an empty list; a job with no channels sends no key.
         "InputDataConfig": [
             {
                 "ChannelName": c.name,
@@ -171,8 +197,25 @@ def training_job_request(
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
         "Environment": dict(environment or {}),
-        "Tags": _tags(tags or {}),
+        "Tags": _tags(tags or {}, platform),
     }
+    if not request["InputDataConfig"]:
+        del request["InputDataConfig"]
+    kms = platform.kms_key_id if platform else ""
+    if kms:
+        request["ResourceConfig"]["VolumeKmsKeyId"] = kms
+        request["OutputDataConfig"]["KmsKeyId"] = kms
+    if vpc := _vpc(platform):
+        request["VpcConfig"] = vpc
+    if settings.spot_max_wait_seconds > 0:
+        if not checkpoint_uri:
+            raise ValueError(f"training job {name}: spot training needs a checkpoint_uri")
+        request["EnableManagedSpotTraining"] = True
+        request["StoppingCondition"]["MaxWaitTimeInSeconds"] = max(
+            settings.spot_max_wait_seconds, settings.max_runtime_seconds
+        )
+        request["CheckpointConfig"] = {"S3Uri": checkpoint_uri, "LocalPath": "/opt/ml/checkpoints"}
+    return request
 
 
 def model_artifact_uri(request: Mapping[str, Any]) -> str:

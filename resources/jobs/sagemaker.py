@@ -42,6 +42,7 @@ from dagster_aws.pipes import PipesS3ContextInjector, PipesS3MessageReader
 from dagster_pipes import decode_param
 
 from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher
+from resources.jobs.settings import JobName, JobSettings
 
 JobType = Literal["processing", "training"]
 
@@ -54,6 +55,9 @@ LOG_GROUPS = {
     "processing": "/aws/sagemaker/ProcessingJobs",
     "training": "/aws/sagemaker/TrainingJobs",
 }
+
+# The prebuilt image used when no image URI is configured (SageMaker's scikit-learn container).
+SKLEARN_FRAMEWORK_VERSION = "1.2-1"
 
 # botocore's adaptive mode adds client-side rate limiting to retries on throttling.
 BOTO_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
@@ -420,14 +424,32 @@ class _LogFollower:
 class SageMakerJobLauncher(JobLauncher):
     """Runs jobs on SageMaker through :class:`PipesSageMakerClient`.
 
-    ``pipes_bucket`` receives the Pipes context and messages; ``endpoint_url`` is for tests
-    against a local AWS emulator and is empty in production.
+    Pipes context and messages go under the object store's own bucket and prefix
+    (``<prefix>/pipes/``). ``endpoint_url`` is for an AWS emulator and is empty in production
+    (boto3 also honours ``AWS_ENDPOINT_URL``).
     """
 
     region_name: str
-    pipes_bucket: str
-    pipes_prefix: str = "pipes"
     endpoint_url: str = ""
+    first_poll_seconds: float = 5.0
+    max_poll_seconds: float = 60.0
+    message_interval_seconds: float = 5.0
+
+    def settings_for(self, job: JobName) -> JobSettings:
+        """The job's settings; an empty image URI means SageMaker's prebuilt scikit-learn image."""
+        settings = super().settings_for(job)
+        if settings.image_uri:
+            return settings
+        from sagemaker.core import image_uris  # heavy import, and only needed here
+
+        image = image_uris.retrieve(
+            framework="sklearn",
+            region=self.region_name,
+            version=SKLEARN_FRAMEWORK_VERSION,
+            py_version="py3",
+            instance_type=settings.instance_type,
+        )
+        return settings.model_copy(update={"image_uri": image})
 
     def _clients(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"region_name": self.region_name, "config": BOTO_CONFIG}
@@ -438,11 +460,15 @@ class SageMakerJobLauncher(JobLauncher):
     def pipes_client(self) -> PipesSageMakerClient:
         clients = self._clients()
         return PipesSageMakerClient(
-            pipes_bucket=self.pipes_bucket,
-            pipes_prefix=self.pipes_prefix,
+            pipes_bucket=self.store.bucket,
+            pipes_prefix="/".join(p for p in (self.store.prefix.strip("/"), "pipes") if p),
             client=clients["sagemaker"],
             logs_client=clients["logs"],
             s3_client=clients["s3"],
+            wait=WaitPolicy(
+                first_poll_seconds=self.first_poll_seconds, max_poll_seconds=self.max_poll_seconds
+            ),
+            message_interval_seconds=self.message_interval_seconds,
         )
 
     def run_processing_job(self, *, context, request, extras=None) -> CompletedJob:

@@ -15,10 +15,43 @@ class JobSettings(dg.Config):
     """What one kind of job runs on. Every field maps onto the SageMaker request."""
 
     image_uri: str
+    """Empty on SageMaker means the prebuilt SageMaker scikit-learn image of the region."""
     instance_type: str = "ml.m5.large"
     instance_count: int = 1
     volume_size_gb: int = 30
     max_runtime_seconds: int = 3600
+    spot_max_wait_seconds: int = 0
+    """Training only: above 0, managed spot training that may wait this long in all (at least
+    max_runtime_seconds), checkpointing to S3 so an interrupted job resumes."""
+
+
+class PlatformSettings(dg.Config):
+    """Settings every job of the deployment shares."""
+
+    kms_key_id: str = ""
+    """KMS key for job volumes and outputs; empty uses SageMaker's default encryption."""
+    subnets: str = ""
+    """Comma-separated VPC subnet ids; empty runs jobs outside a VPC."""
+    security_group_ids: str = ""
+    """Comma-separated security group ids (with subnets)."""
+    tags: str = ""
+    """Tags for every job, as ``key=value,key=value``."""
+
+    def subnet_list(self) -> list[str]:
+        return [s.strip() for s in self.subnets.split(",") if s.strip()]
+
+    def security_group_list(self) -> list[str]:
+        return [s.strip() for s in self.security_group_ids.split(",") if s.strip()]
+
+    def tag_map(self) -> dict[str, str]:
+        pairs = [t.strip() for t in self.tags.split(",") if t.strip()]
+        tags = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"tag {pair!r} is not key=value")
+            tags[key.strip()] = value.strip()
+        return tags
 
 
 def default_settings(job: JobName) -> JobSettings:
