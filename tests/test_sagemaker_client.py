@@ -253,7 +253,7 @@ def test_empty_image_uri_means_the_prebuilt_sklearn_image(s3_store):
     image = launcher.settings_for("training").image_uri
     assert (
         image
-        == "492215442770.dkr.ecr.eu-central-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+        == "492215442770.dkr.ecr.eu-central-1.amazonaws.com/sagemaker-scikit-learn:1.9-0-cpu-py3"
     )
     assert (
         launcher.settings_for("preprocessing").image_uri == launcher.preprocessing.image_uri

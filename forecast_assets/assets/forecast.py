@@ -67,7 +67,7 @@ def load_forecast(
         name=name,
         settings=launcher.settings_for("inference"),
         role_arn=launcher.role_arn,
-        entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/{entry}"],
+        entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/bootstrap.py", entry],
         arguments=[
             "--customer-id",
             customer,

@@ -138,7 +138,7 @@ def preprocessed_load(
         name=name,
         settings=launcher.settings_for("preprocessing"),
         role_arn=launcher.role_arn,
-        entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/{entry}"],
+        entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/bootstrap.py", entry],
         arguments=[
             "--customer-id",
             customer,

@@ -1,6 +1,8 @@
 """Bundle a job's scripts from ``containers/`` and publish them under a content hash.
 
-A bundle is the job's entry script, its requirements and the shared ``forecast_core`` package.
+A bundle is the job's entry script, its requirements and the shared ``forecast_core`` package;
+processing bundles also carry ``bootstrap.py``, which installs the requirements in an image that
+lacks them and then runs the script.
 It is published once per content (``code/<job>/<sha256>/``): processing jobs stage the folder as
 an input, training jobs get it as ``sourcedir.tar.gz`` (script mode). Unchanged code is never
 uploaded twice, and every job records exactly which code it ran.
@@ -64,6 +66,8 @@ def bundle(job: JobName, containers_dir: Path = CONTAINERS_DIR) -> CodeBundle:
         "requirements.txt": (job_dir / "requirements.txt").read_bytes(),
     }
     shared = containers_dir / "shared"
+    if job != "training":  # script mode installs training's requirements itself
+        files["bootstrap.py"] = (shared / "bootstrap.py").read_bytes()
     for path in sorted((shared / "forecast_core").rglob("*.py")):
         files[path.relative_to(shared).as_posix()] = path.read_bytes()
     return CodeBundle(job=job, entry_script=entry, files=files)

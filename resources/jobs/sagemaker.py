@@ -56,8 +56,9 @@ LOG_GROUPS = {
     "training": "/aws/sagemaker/TrainingJobs",
 }
 
-# The prebuilt image used when no image URI is configured (SageMaker's scikit-learn container).
-SKLEARN_FRAMEWORK_VERSION = "1.2-1"
+# The prebuilt image used when no image URI is configured: SageMaker's scikit-learn container
+# with the scikit-learn the models are trained and loaded with (requirements.lock pins 1.9).
+SKLEARN_FRAMEWORK_VERSION = "1.9-0"
 
 # botocore's adaptive mode adds client-side rate limiting to retries on throttling.
 BOTO_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
