@@ -2,7 +2,7 @@
 
 ``FORECAST_ENV`` selects it: ``local`` (the default: jobs run as local processes, objects live
 under the data home, the database is a SQLite file) or ``sagemaker`` (jobs run on SageMaker,
-objects on S3, the database is PostgreSQL). Nothing else reads that variable;
+objects on S3, the database is PostgreSQL; configured by the variables in ``.env.example``). Nothing else reads that variable;
 ``forecast_assets.definitions`` asks :func:`current_environment` and picks resources to match.
 """
 
