@@ -294,6 +294,12 @@ class S3ObjectStore(ObjectStore):
         except ClientError as exc:
             if _is_missing(exc):
                 raise FileNotFoundError(f"no object at {uri}") from exc
+            # Without an unconditional s3:ListBucket, S3 answers 403 rather than 404 for a
+            # missing key; a one-key listing (allowed under our prefix) tells the two apart.
+            if exc.response.get("Error", {}).get("Code") in ("403", "AccessDenied", "Forbidden"):
+                listed = self.client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+                if not any(o["Key"] == key for o in listed.get("Contents", [])):
+                    raise FileNotFoundError(f"no object at {uri}") from exc
             raise
         return ObjectInfo(
             uri=uri,

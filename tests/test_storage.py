@@ -747,3 +747,20 @@ def test_s3_store_as_a_dagster_resource_with_its_own_s3_resource(
 
     assert dg.materialize([written], resources={"store": store}).success
     assert store.read_bytes(f"s3://{bucket}/proj/from-dagster.txt") == b"hello"
+
+
+def test_s3_head_tells_missing_from_forbidden_when_s3_answers_403(s3_store, monkeypatch):
+    """Without an unconditional s3:ListBucket, S3 answers 403 for a missing key."""
+    from botocore.exceptions import ClientError
+
+    present = s3_store.uri("k", "present.csv")
+    s3_store.write_bytes(present, b"x")
+    client = s3_store.client
+
+    def forbidden(**kwargs):
+        raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+
+    monkeypatch.setattr(client, "head_object", forbidden)
+    assert s3_store.exists(s3_store.uri("k", "missing.csv")) is False
+    with pytest.raises(ClientError):  # there, but not ours to read: a real permission error
+        s3_store.head(present)

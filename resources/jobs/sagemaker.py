@@ -27,6 +27,7 @@ What it adds over a plain launch-and-wait:
 import contextlib
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -120,7 +121,8 @@ class WaitPolicy:
 
 
 class _FixedPrefixS3MessageReader(PipesS3MessageReader):
-    """Reads a reattached job's messages from the key prefix that job was launched with."""
+    """Reads Pipes messages from a key prefix we choose: under ``<prefix>/pipes/<job>/`` for a
+    new job, or the prefix a reattached job was launched with."""
 
     def __init__(self, *, key_prefix: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -204,8 +206,13 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
                 interval=self.message_interval_seconds,
             )
         else:
-            reader = PipesS3MessageReader(
-                bucket=self.pipes_bucket, client=self.s3, interval=self.message_interval_seconds
+            # Under our own prefix, not at the bucket root where dagster-aws's reader would put
+            # them: the IAM policies grant the jobs and Dagster nothing outside it.
+            reader = _FixedPrefixS3MessageReader(
+                key_prefix=f"{self.pipes_prefix}/{name}/messages-{uuid.uuid4().hex[:12]}",
+                bucket=self.pipes_bucket,
+                client=self.s3,
+                interval=self.message_interval_seconds,
             )
         injector = PipesS3ContextInjector(
             bucket=self.pipes_bucket, client=self.s3, key_prefix=f"{self.pipes_prefix}/{name}/"
