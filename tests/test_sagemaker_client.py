@@ -117,6 +117,8 @@ def test_job_runs_reports_through_s3_pipes_and_streams_its_log(fake, s3_store):
     assert meta["rows"].value == 42  # reported by the script through S3
     assert meta["job_arn"].value.endswith(":processing-job/fa-prep-acme-run1-0")
     assert "#/processing-jobs/fa-prep-acme-run1-0" in meta["console_url"].value
+    seen = [h["status"] for h in meta["status_history"].value]
+    assert seen[0] == "InProgress" and seen[-1] == "Completed"
     forwarded = [m for m in captured["logs"] if "[fa-prep-acme-run1-0] line" in m]
     assert [m.rsplit("] ", 1)[1] for m in forwarded] == ["line 0", "line 1", "line 2"]  # each once
     assert captured["description"]["ProcessingJobStatus"] == "Completed"

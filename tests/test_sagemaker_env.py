@@ -99,6 +99,12 @@ def test_forecast_job_in_the_sagemaker_environment(
         assert result.success, failures
 
         creates = [(op, kw) for op, kw in fake.calls if op.startswith("Create")]
+        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    # Each job's CloudWatch lines reached the run's log, training's included.
+    for step in ("prep", "train", "infer"):
+        assert any(
+            m.startswith(f"[fa-{step}-{customer.customer_id}-") and "report:" in m for m in logs
+        ), step
     assert [op for op, _ in creates] == [
         "CreateProcessingJob",
         "CreateTrainingJob",

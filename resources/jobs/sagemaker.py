@@ -312,6 +312,7 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
         started = time.monotonic()
         logs = _LogFollower(self.logs, LOG_GROUPS[api.job_type], name)
         last_status = None
+        self._observed: list[dict[str, str]] = []
         for delay in self.wait.delays():
             try:
                 description = getattr(self.client, api.describe)(**{api.name_field: name})
@@ -330,6 +331,13 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
                     f"[pipes] {name}: {status}" + (f" ({secondary})" if secondary else "")
                 )
                 last_status = (status, secondary)
+                self._observed.append(
+                    {
+                        "status": status,
+                        "secondary": secondary or "",
+                        "seen_at": datetime.now(UTC).isoformat(),
+                    }
+                )
             if status in TERMINAL:
                 for line in logs.new_lines():
                     context.log.info(f"[{name}] {line}")
@@ -359,14 +367,18 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
                 f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/{api.console_path}/{name}"
             ),
         }
-        history = description.get("SecondaryStatusTransitions")
+        # SageMaker keeps a history for training jobs; for processing jobs, what this client saw.
+        transitions = description.get("SecondaryStatusTransitions")
+        history = (
+            [
+                {"status": t.get("Status"), "message": t.get("StatusMessage", "")}
+                for t in transitions
+            ]
+            if transitions
+            else list(getattr(self, "_observed", []))
+        )
         if history:
-            meta["status_history"] = dg.MetadataValue.json(
-                [
-                    {"status": t.get("Status"), "message": t.get("StatusMessage", "")}
-                    for t in history
-                ]
-            )
+            meta["status_history"] = dg.MetadataValue.json(history)
         return meta
 
 
