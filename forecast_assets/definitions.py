@@ -15,6 +15,8 @@ from dagster_aws.s3 import S3Resource
 from forecast_assets.assets import ALL_ASSETS
 from forecast_assets.environment import Environment, current_environment
 from forecast_assets.jobs import ALL_JOBS
+from forecast_assets.schedules import daily_forecast_schedule, weekly_training_schedule
+from forecast_assets.sensors import raw_files_sensor
 from resources.database import Database
 from resources.jobs import LocalJobLauncher
 from resources.jobs.sagemaker import SageMakerJobLauncher
@@ -79,6 +81,8 @@ def build_definitions(environment: Environment | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
         jobs=ALL_JOBS,
+        sensors=[raw_files_sensor],
+        schedules=[weekly_training_schedule, daily_forecast_schedule],
         resources=resources_for(environment or current_environment()),
     )
 

@@ -2,7 +2,14 @@
 
 import dagster as dg
 
-from forecast_assets.assets import ALL_ASSETS
+from forecast_assets.assets import (
+    ALL_ASSETS,
+    device_registry,
+    load_forecast,
+    load_forecast_model,
+    preprocessed_load,
+    raw_load,
+)
 from forecast_assets.partitions import customers_partitions_def
 
 forecast_job = dg.define_asset_job(
@@ -13,4 +20,21 @@ forecast_job = dg.define_asset_job(
     "train and gate the model, forecast.",
 )
 
-ALL_JOBS = [forecast_job]
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets(
+        raw_load, preprocessed_load, device_registry, load_forecast_model
+    ),
+    partitions_def=customers_partitions_def,
+    description="Weekly retraining for a customer: validate raw files, preprocess, register "
+    "devices, train and gate a new model version.",
+)
+
+inference_job = dg.define_asset_job(
+    "inference_job",
+    selection=dg.AssetSelection.assets(load_forecast),
+    partitions_def=customers_partitions_def,
+    description="Daily forecast for a customer from its latest approved model.",
+)
+
+ALL_JOBS = [forecast_job, training_job, inference_job]

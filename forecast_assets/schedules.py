@@ -1,0 +1,119 @@
+"""Weekly retraining and daily forecasting for every customer, on the replaced workflows' clock.
+
+The SageMaker Pipelines workflows this replaces were EventBridge rules: training
+``cron(0 2 ? * SUN *)`` and inference ``cron(0 6 * * ? *)``. EventBridge cron is always UTC, so
+these schedules keep UTC (see ``SCHEDULE_TIMEZONE``). Each tick requests one run per customer;
+a run key made of the customer and the scheduled date keeps a re-evaluated tick from requesting
+the same run twice.
+"""
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from forecast_assets.jobs import inference_job, training_job
+from forecast_assets.partitions import customers_partitions_def
+from resources.database import Database
+
+# The one setting for when schedules fire. UTC because the EventBridge rules this replaces ran in
+# UTC, so forecasts keep arriving when consumers expect them; and because 02:00 on a Sunday is the
+# very hour European clocks change (it does not exist on the last Sunday of March and happens
+# twice on the last Sunday of October in Europe/Berlin), which would move or skip the weekly
+# training. Set an IANA name such as "Europe/Berlin" here to follow local time instead.
+SCHEDULE_TIMEZONE = "UTC"
+
+TRAINING_CRON = "0 2 * * 0"  # Sundays 02:00
+INFERENCE_CRON = "0 6 * * *"  # daily 06:00
+
+# Customers named in a skip message or log line; the rest are counted.
+MAX_NAMED = 20
+
+
+def _customers(context: dg.ScheduleEvaluationContext) -> list[str]:
+    name = customers_partitions_def.name
+    assert name is not None
+    return sorted(context.instance.get_dynamic_partitions(name))
+
+
+def _scheduled_date(context: dg.ScheduleEvaluationContext) -> str:
+    """The tick's date in the schedule's time zone (now, when evaluated by hand without one)."""
+    zone = ZoneInfo(SCHEDULE_TIMEZONE)
+    moment = context.scheduled_execution_time or datetime.now(zone)
+    return moment.astimezone(zone).date().isoformat()
+
+
+def _listed(items: list[str]) -> str:
+    shown = "; ".join(items[:MAX_NAMED])
+    return shown + (f"; and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else "")
+
+
+NO_CUSTOMERS = (
+    "no customers in the 'customers' partition set (raw_files_sensor adds them when their "
+    "files land; or `forecast-customers add ID`)"
+)
+
+
+@dg.schedule(
+    job=training_job,
+    cron_schedule=TRAINING_CRON,
+    execution_timezone=SCHEDULE_TIMEZONE,
+    description="Retrains every customer's model weekly (Sundays 02:00): validate, preprocess, "
+    "register devices, train and gate.",
+)
+def weekly_training_schedule(
+    context: dg.ScheduleEvaluationContext,
+) -> list[dg.RunRequest] | dg.SkipReason:
+    customers = _customers(context)
+    if not customers:
+        return dg.SkipReason(NO_CUSTOMERS)
+    date = _scheduled_date(context)
+    return [
+        dg.RunRequest(run_key=f"{customer}:{date}", partition_key=customer)
+        for customer in customers
+    ]
+
+
+def _not_forecastable(database: Database, customer: str) -> str | None:
+    """Why ``customer`` gets no forecast today, or None when its latest model is Approved."""
+    versions = database.model_versions(customer)  # latest first
+    if not versions:
+        return f"{customer}: no model version yet"
+    latest = versions[0]
+    if latest.status == "Approved":
+        return None
+    return f"{customer}: latest model version {latest.version} is {latest.status}"
+
+
+@dg.schedule(
+    job=inference_job,
+    cron_schedule=INFERENCE_CRON,
+    execution_timezone=SCHEDULE_TIMEZONE,
+    description="Forecasts daily (06:00) for every customer whose latest model version is "
+    "Approved; customers whose latest version is Rejected or pending, or who have none, are "
+    "skipped and named in the tick's log.",
+)
+def daily_forecast_schedule(
+    context: dg.ScheduleEvaluationContext, database: Database
+) -> list[dg.RunRequest] | dg.SkipReason:
+    customers = _customers(context)
+    if not customers:
+        return dg.SkipReason(NO_CUSTOMERS)
+    date = _scheduled_date(context)
+    runs: list[dg.RunRequest] = []
+    skipped: list[str] = []
+    for customer in customers:
+        reason = _not_forecastable(database, customer)
+        if reason is None:
+            runs.append(dg.RunRequest(run_key=f"{customer}:{date}", partition_key=customer))
+        else:
+            skipped.append(reason)
+    if not runs:
+        return dg.SkipReason(
+            f"no customer has an Approved latest model ({len(skipped)} skipped): {_listed(skipped)}"
+        )
+    if skipped:
+        context.log.warning(
+            f"forecasting {len(runs)} customer(s); {len(skipped)} skipped: {_listed(skipped)}"
+        )
+    return runs

@@ -1,0 +1,323 @@
+"""raw_files_sensor: a run of ``forecast_job`` for each customer whose raw files are new or changed.
+
+Every tick lists everything under ``landing/`` (the store paginates), takes the customer from the
+first path segment after ``landing/``, and compares each object with the cursor. A customer with
+new or changed files gets one run (partition = customer); a customer not yet in the ``customers``
+partition set is added in the same tick as its run. A key whose customer folder is not a valid
+customer id is logged and left out, never a sensor error; a store that cannot be listed is.
+
+The cursor
+----------
+The cursor is JSON with three parts:
+
+``mark``
+    A high-water mark of LastModified: every object modified before it has been handled.
+``at_mark``
+    The (key, ETag) pairs handled whose LastModified is exactly ``mark``. S3 keeps LastModified
+    in whole seconds, so many objects share one; without this set, an object landing in the
+    same second as the mark, but listed only on the next tick, would be missed (with ``>``) or
+    everything in that second handled twice (with ``>=``).
+``ahead``
+    Per customer whose run was requested although the mark could not pass all of its files
+    (the bound cut the tick short before another customer's older file): the newest LastModified
+    of its handled files and the pairs at that instant. Without it a customer whose files span
+    the cut would get a second, redundant run on the next tick. It is empty in steady state and
+    emptied as soon as a backlog is drained.
+
+Pairs are stored as 64-bit digests of ``key\\0etag``: a new key, or a new ETag for an old key (a
+rewrite: new content gives a new ETag and a new LastModified), is a new pair.
+
+Why this scales: the cursor's size does not grow with the number of objects. It holds one
+timestamp, the objects of one second, and (only while a backlog is being drained) one small
+entry per customer already served, so it stays a few kilobytes at 100,000 objects, where a cursor
+listing every key seen would be megabytes rewritten every minute. The cost that does grow is the
+listing itself: one ListObjectsV2 request per 1,000 objects per tick (S3 keys are not in time
+order, so there is no StartAfter shortcut). At hundreds of thousands of objects, S3 event
+notifications to SQS would be the next step.
+
+What it assumes: an object's LastModified is set when it is uploaded and later uploads get
+later LastModified values, so no object can appear in a listing with a LastModified the mark has
+already passed. Two ways that can be broken, both of which make the sensor miss the object:
+
+- A file in the local store given an OLDER mtime than the mark (``os.utime``, ``cp -p``,
+  ``touch -d``, unpacking an archive): impossible in S3, easy by hand.
+- In S3, LastModified is when an upload *started* (for a multipart upload, when it was
+  initiated), but the object is listed only once the upload completes. If a tick lists while an
+  upload is in flight and sees a newer object from a faster upload, the mark passes the slow
+  upload's LastModified and it is missed when it completes. Meter files are single PUTs of well
+  under a second against a 60-second tick, so the window is small, but not zero for parallel
+  deliveries. Closing it means holding the mark back by the longest upload (objects newer than
+  ``now - settle`` wait for a later tick), at the cost of that much latency; not done here.
+
+A re-upload of identical content gets a new LastModified with the same ETag. The cursor does
+not remember every ETag, so it counts as changed; Dagster drops the run only if an earlier run of
+that customer had exactly the same pairs (and so the same run key).
+
+Runs are idempotent: a run key is the customer plus a digest of the (key, ETag) pairs that
+triggered it, so evaluating the same tick twice (a daemon restart before the cursor was saved)
+requests nothing new, while a rewritten file produces a new key. At most ``MAX_RUNS_PER_TICK``
+runs are requested per tick; the rest wait for the next tick, and the cursor moves only over
+files whose runs were requested (in (LastModified, key) order).
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+
+from forecast_assets.customers import InvalidCustomerIdError, validate_customer_id
+from forecast_assets.jobs import forecast_job
+from forecast_assets.partitions import customers_partitions_def
+from resources.storage import ObjectInfo, ObjectStore
+
+# Each run launches SageMaker jobs for one customer: the bound makes a backfill of hundreds of
+# customers drain over several ticks instead of flooding the run queue and the SageMaker quotas
+# in one.
+MAX_RUNS_PER_TICK = 25
+CURSOR_VERSION = 1
+# Folders named in warnings per tick; the rest are only counted.
+MAX_LOGGED_FOLDERS = 20
+
+
+def landing_root(store: ObjectStore) -> str:
+    """``s3://<bucket>/<prefix>/landing/``: the prefix every customer folder sits under."""
+    return store.uri("landing") + "/"
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    customer: str
+    info: ObjectInfo
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        return (self.info.last_modified, self.info.key)
+
+    @property
+    def digest(self) -> str:
+        return pair_digest(self.info.key, self.info.etag)
+
+
+def pair_digest(key: str, etag: str) -> str:
+    # 64 bits: a new pair passes for one of the n handled pairs with probability about n / 2**64.
+    return hashlib.blake2b(f"{key}\0{etag}".encode(), digest_size=8).hexdigest()
+
+
+def run_key(customer: str, files: Iterable[LandingFile]) -> str:
+    """The customer plus a digest of the (key, ETag) pairs that triggered its run."""
+    digest = hashlib.blake2b(digest_size=8)
+    for key, etag in sorted((f.info.key, f.info.etag) for f in files):
+        digest.update(f"{key}\0{etag}\n".encode())
+    return f"{customer}:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class LandingCursor:
+    """What the sensor has handled: see the module docstring."""
+
+    mark: datetime | None = None
+    at_mark: frozenset[str] = frozenset()
+    ahead: Mapping[str, tuple[datetime, frozenset[str]]] = field(default_factory=dict)
+
+    def handled(self, file: LandingFile) -> bool:
+        modified = file.info.last_modified
+        if self.mark is not None and (
+            modified < self.mark or (modified == self.mark and file.digest in self.at_mark)
+        ):
+            return True
+        entry = self.ahead.get(file.customer)
+        if entry is None:
+            return False
+        through, pairs = entry
+        return modified < through or (modified == through and file.digest in pairs)
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> "LandingCursor":
+        if not raw:
+            return cls()
+        # A cursor this sensor cannot read is a real error: starting over would request a run
+        # for every customer, so it raises rather than resets.
+        try:
+            data = json.loads(raw)
+            if data.get("v") != CURSOR_VERSION:
+                raise ValueError(f"unknown cursor version {data.get('v')!r}")
+            mark = data.get("mark")
+            return cls(
+                mark=datetime.fromisoformat(mark) if mark else None,
+                at_mark=frozenset(data.get("at_mark", [])),
+                ahead={
+                    customer: (datetime.fromisoformat(through), frozenset(pairs))
+                    for customer, (through, pairs) in data.get("ahead", {}).items()
+                },
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"raw_files_sensor cannot read its cursor {raw[:200]!r}: {exc}"
+            ) from exc
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "v": CURSOR_VERSION,
+            "mark": self.mark.isoformat() if self.mark else None,
+            "at_mark": sorted(self.at_mark),
+        }
+        if self.ahead:
+            data["ahead"] = {
+                customer: [through.isoformat(), sorted(pairs)]
+                for customer, (through, pairs) in sorted(self.ahead.items())
+            }
+        return json.dumps(data, separators=(",", ":"))
+
+
+@dataclass
+class IgnoredFolder:
+    objects: int
+    reason: str
+
+
+def split_landing(
+    landing: str, objects: Iterable[ObjectInfo]
+) -> tuple[list[LandingFile], dict[str, IgnoredFolder]]:
+    """Files in valid customer folders, and the folders left out (by folder, with the reason)."""
+    files: list[LandingFile] = []
+    ignored: dict[str, IgnoredFolder] = {}
+    for info in objects:
+        relative = info.uri[len(landing) :]
+        segment, sep, rest = relative.partition("/")
+        if not sep:
+            folder, reason = landing, "not inside a customer folder"
+        else:
+            folder = f"{landing}{segment}/"
+            try:
+                validate_customer_id(segment)
+                reason = ""
+            except InvalidCustomerIdError as exc:
+                reason = str(exc)
+        if reason:
+            ignored.setdefault(folder, IgnoredFolder(0, reason)).objects += 1
+        elif rest and not rest.endswith("/"):  # a "folder" marker object is not a file
+            files.append(LandingFile(segment, info))
+    return files, ignored
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    runs: dict[str, list[LandingFile]]
+    """Customers to run now, in order of their oldest new file, with their new or changed files."""
+    waiting: list[str]
+    """Customers with new or changed files left for a later tick."""
+    cursor: LandingCursor
+
+
+def plan_tick(
+    files: Sequence[LandingFile], cursor: LandingCursor, max_runs: int = MAX_RUNS_PER_TICK
+) -> TickPlan:
+    """Which customers to run this tick and the cursor after it: a pure function of the listing."""
+    ordered = sorted(files, key=lambda f: f.order)
+    pending = [f for f in ordered if not cursor.handled(f)]
+    runs: dict[str, list[LandingFile]] = {}
+    for file in pending:
+        if file.customer in runs:
+            runs[file.customer].append(file)
+        elif len(runs) < max_runs:
+            runs[file.customer] = [file]
+    waiting = sorted({f.customer for f in pending} - runs.keys())
+
+    def covered(file: LandingFile) -> bool:
+        # A requested run covers all of its customer's files, including those past the cut.
+        return file.customer in runs or cursor.handled(file)
+
+    first_open = next((f for f in ordered if not covered(f)), None)
+    if first_open is not None:
+        mark = first_open.info.last_modified
+    elif ordered:
+        mark = ordered[-1].info.last_modified
+        if cursor.mark is not None and mark < cursor.mark:
+            mark = cursor.mark  # the newest files were deleted: never move back
+    else:
+        return TickPlan(runs, waiting, cursor)
+
+    at_mark = frozenset(f.digest for f in ordered if f.info.last_modified == mark and covered(f))
+    ahead: dict[str, tuple[datetime, frozenset[str]]] = {}
+    for file in ordered:  # ascending, so the last instant seen per customer is its newest
+        modified = file.info.last_modified
+        if modified <= mark or not covered(file):
+            continue
+        through, pairs = ahead.get(file.customer, (modified, frozenset()))
+        ahead[file.customer] = (
+            (modified, frozenset({file.digest}))
+            if modified > through
+            else (through, pairs | {file.digest})
+        )
+    return TickPlan(runs, waiting, LandingCursor(mark, at_mark, ahead))
+
+
+def _ignored_note(ignored: Mapping[str, IgnoredFolder]) -> str:
+    if not ignored:
+        return ""
+    count = sum(f.objects for f in ignored.values())
+    return f"; {count} object(s) in {len(ignored)} invalid customer folder(s) ignored"
+
+
+def _names(customers: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(customers[:limit])
+    return shown + (f" and {len(customers) - limit} more" if len(customers) > limit else "")
+
+
+@dg.sensor(
+    job=forecast_job,
+    minimum_interval_seconds=60,
+    description="Runs forecast_job for each customer whose files under landing/ are new or "
+    f"changed (at most {MAX_RUNS_PER_TICK} runs per tick), adding new customers to the "
+    "partition set.",
+)
+def raw_files_sensor(
+    context: dg.SensorEvaluationContext, store: ObjectStore
+) -> dg.SensorResult | dg.SkipReason:
+    landing = landing_root(store)
+    # No try/except: an unreachable store or a denied listing must fail the tick, visibly,
+    # not pass for "nothing new".
+    objects = store.list_objects(landing)
+    files, ignored = split_landing(landing, objects)
+    for folder, info in list(ignored.items())[:MAX_LOGGED_FOLDERS]:
+        context.log.warning(f"ignoring {info.objects} object(s) under {folder}: {info.reason}")
+    if len(ignored) > MAX_LOGGED_FOLDERS:
+        context.log.warning(f"... and {len(ignored) - MAX_LOGGED_FOLDERS} more invalid folder(s)")
+
+    plan = plan_tick(files, LandingCursor.from_json(context.cursor))
+    note = _ignored_note(ignored)
+    if not plan.runs:
+        return dg.SkipReason(
+            f"no new or changed files under {landing} ({len(objects)} objects checked{note})"
+        )
+
+    name = customers_partitions_def.name
+    assert name is not None
+    known = set(context.instance.get_dynamic_partitions(name))
+    new_customers = [c for c in plan.runs if c not in known]
+    run_requests = [
+        dg.RunRequest(
+            run_key=run_key(customer, changed),
+            partition_key=customer,
+            tags={"forecast-assets/changed-files": str(len(changed))},
+        )
+        for customer, changed in plan.runs.items()
+    ]
+    changed_files = sum(len(changed) for changed in plan.runs.values())
+    context.log.info(
+        f"{len(objects)} objects checked under {landing}: {changed_files} new or changed file(s); "
+        f"requested {len(run_requests)} run(s) ({_names(list(plan.runs))}); "
+        f"{len(new_customers)} new customer(s); {len(plan.waiting)} customer(s) left for the "
+        f"next tick{note}"
+    )
+    return dg.SensorResult(
+        run_requests=run_requests,
+        cursor=plan.cursor.to_json(),
+        dynamic_partitions_requests=(
+            [customers_partitions_def.build_add_request(new_customers)] if new_customers else []
+        ),
+    )

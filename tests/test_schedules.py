@@ -1,0 +1,166 @@
+"""Weekly training and daily forecasting schedules, evaluated with build_schedule_context."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from forecast_assets.assets import ALL_ASSETS
+from forecast_assets.definitions import resources_for
+from forecast_assets.jobs import ALL_JOBS, inference_job, training_job
+from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.schedules import (
+    SCHEDULE_TIMEZONE,
+    daily_forecast_schedule,
+    weekly_training_schedule,
+)
+from forecast_assets.sensors import raw_files_sensor
+from resources.database import Database
+
+PARTITIONS = customers_partitions_def.name or "customers"
+SUNDAY_2AM = datetime(2025, 11, 9, 2, 0, tzinfo=UTC)
+MONDAY_6AM = datetime(2025, 11, 10, 6, 0, tzinfo=UTC)
+
+
+def evaluate(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, when, **resources):
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=when, resources=resources
+    ) as context:
+        result = schedule(context)
+    return list(result) if isinstance(result, list) else result
+
+
+def register(db: Database, customer: str, version: str, status: str) -> None:
+    db.register_model(
+        customer_id=customer,
+        version=version,
+        model_uri=f"s3://forecast-assets/models/{customer}/{version}/output/model.tar.gz",
+        metrics={"r2": 0.9 if status != "Rejected" else 0.2},
+        gate_passed=status != "Rejected",
+        gate_reasons=[] if status != "Rejected" else ["r2 0.20 < 0.70"],
+        run_id=f"run-{customer}-{version}",
+        auto_approve=status == "Approved",
+    )
+
+
+@pytest.fixture
+def database(data_home: Path) -> Database:
+    return Database()
+
+
+# When ------------------------------------------------------------------------------------------
+
+
+def test_cron_strings_and_time_zone():
+    # The replaced EventBridge rules: cron(0 2 ? * SUN *) and cron(0 6 * * ? *), which are UTC.
+    assert SCHEDULE_TIMEZONE == "UTC"
+    assert weekly_training_schedule.cron_schedule == "0 2 * * 0"
+    assert daily_forecast_schedule.cron_schedule == "0 6 * * *"
+    assert weekly_training_schedule.execution_timezone == SCHEDULE_TIMEZONE
+    assert daily_forecast_schedule.execution_timezone == SCHEDULE_TIMEZONE
+    assert weekly_training_schedule.job_name == "training_job"
+    assert daily_forecast_schedule.job_name == "inference_job"
+
+
+def test_jobs_select_the_training_and_inference_assets(data_home: Path):
+    graph = dg.Definitions(
+        assets=ALL_ASSETS, jobs=ALL_JOBS, resources=resources_for("local")
+    ).resolve_asset_graph()
+
+    def selected(job: dg.UnresolvedAssetJobDefinition) -> set[str]:
+        return {key.to_user_string() for key in job.selection.resolve(graph)}
+
+    assert selected(training_job) == {
+        "landing/raw_load",
+        "preprocessed/load",
+        "warehouse/devices",
+        "models/load_forecast_model",
+    }
+    assert selected(inference_job) == {"forecasts/load_forecast"}
+    # The blocking quality gate runs with the weekly training.
+    gate = dg.AssetCheckKey(dg.AssetKey(["models", "load_forecast_model"]), "quality_gate")
+    assert gate in training_job.selection.resolve_checks(graph)
+
+
+def test_sensor_and_schedules_load_with_the_local_resources(data_home: Path):
+    """What definitions.py gains: sensors=[raw_files_sensor] and both schedules."""
+    defs = dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=ALL_JOBS,
+        sensors=[raw_files_sensor],
+        schedules=[weekly_training_schedule, daily_forecast_schedule],
+        resources=resources_for("local"),
+    )
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_schedule_def("daily_forecast_schedule").job_name == "inference_job"
+    assert defs.resolve_sensor_def("raw_files_sensor").job_name == "forecast_job"
+
+
+# Weekly training -------------------------------------------------------------------------------
+
+
+def test_training_requests_one_run_per_customer(instance: dg.DagsterInstance):
+    instance.add_dynamic_partitions(PARTITIONS, ["globex", "acme", "initech"])
+    runs = evaluate(weekly_training_schedule, instance, SUNDAY_2AM)
+    assert [(r.partition_key, r.run_key) for r in runs] == [
+        ("acme", "acme:2025-11-09"),
+        ("globex", "globex:2025-11-09"),
+        ("initech", "initech:2025-11-09"),
+    ]
+    next_week = evaluate(weekly_training_schedule, instance, datetime(2025, 11, 16, 2, tzinfo=UTC))
+    assert {r.run_key for r in next_week}.isdisjoint({r.run_key for r in runs})
+
+
+def test_training_skips_without_customers(instance: dg.DagsterInstance):
+    result = evaluate(weekly_training_schedule, instance, SUNDAY_2AM)
+    assert isinstance(result, dg.SkipReason)
+    assert "no customers" in (result.skip_message or "")
+
+
+# Daily forecasting -------------------------------------------------------------------------------
+
+
+def test_forecasting_runs_only_customers_whose_latest_model_is_approved(
+    instance: dg.DagsterInstance, database: Database, capsys: pytest.CaptureFixture[str]
+):
+    register(database, "acme", "v1", "Rejected")
+    register(database, "acme", "v2", "Approved")  # latest approved: forecast
+    register(database, "globex", "v1", "Approved")
+    register(database, "globex", "v2", "Rejected")  # latest rejected: never, though v1 was fine
+    register(database, "hooli", "v1", "Approved")
+    register(database, "hooli", "v2", "PendingManualApproval")  # latest awaits a person
+    register(database, "umbrella", "v1", "Approved")
+    instance.add_dynamic_partitions(PARTITIONS, ["acme", "globex", "hooli", "initech", "umbrella"])
+
+    runs = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, database=database)
+    assert [(r.partition_key, r.run_key) for r in runs] == [
+        ("acme", "acme:2025-11-10"),
+        ("umbrella", "umbrella:2025-11-10"),
+    ]
+    logged = capsys.readouterr().err
+    assert "forecasting 2 customer(s); 3 skipped" in logged
+    assert "globex: latest model version v2 is Rejected" in logged
+    assert "hooli: latest model version v2 is PendingManualApproval" in logged
+    assert "initech: no model version yet" in logged
+
+
+def test_forecasting_skips_when_no_customer_has_an_approved_latest_model(
+    instance: dg.DagsterInstance, database: Database
+):
+    register(database, "globex", "v1", "Rejected")
+    instance.add_dynamic_partitions(PARTITIONS, ["globex", "initech"])
+    result = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, database=database)
+    assert isinstance(result, dg.SkipReason)
+    assert result.skip_message == (
+        "no customer has an Approved latest model (2 skipped): globex: latest model version v1 "
+        "is Rejected; initech: no model version yet"
+    )
+
+
+def test_forecasting_skips_without_customers(instance: dg.DagsterInstance, database: Database):
+    result = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, database=database)
+    assert isinstance(result, dg.SkipReason)
+    assert "no customers" in (result.skip_message or "")

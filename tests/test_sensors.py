@@ -1,0 +1,454 @@
+"""raw_files_sensor, evaluated tick by tick with build_sensor_context as the daemon would.
+
+Each tick's dynamic partition requests are applied to the instance and its cursor is carried to
+the next, so a sequence of ticks here is what the sensor daemon does with the same listing. Small
+landing areas on the local store (where timestamps can be set by hand), and 10,000 objects across
+500 customers on the moto S3 server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from dagster_aws.s3 import S3Resource
+
+from forecast_assets import sensors
+from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.sensors import MAX_RUNS_PER_TICK, raw_files_sensor
+from resources.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+
+PARTITIONS = customers_partitions_def.name or "customers"
+
+
+@dataclass
+class Tick:
+    result: dg.SensorResult | dg.SkipReason
+    seconds: float
+
+    @property
+    def runs(self) -> list[dg.RunRequest]:
+        if isinstance(self.result, dg.SkipReason):
+            return []
+        return list(self.result.run_requests or [])
+
+    @property
+    def added(self) -> list[str]:
+        if isinstance(self.result, dg.SkipReason):
+            return []
+        return [k for r in self.result.dynamic_partitions_requests or [] for k in r.partition_keys]
+
+    @property
+    def skip_message(self) -> str:
+        assert isinstance(self.result, dg.SkipReason), f"expected a skip, got {self.result}"
+        return self.result.skip_message or ""
+
+
+@dataclass
+class Daemon:
+    """Plays the sensor daemon: evaluates ticks, applies partition requests, keeps the cursor."""
+
+    instance: dg.DagsterInstance
+    store: ObjectStore
+    cursor: str | None = None
+    ticks: list[Tick] = field(default_factory=list)
+
+    def tick(self) -> Tick:
+        started = time.perf_counter()
+        # As a context manager: the S3 store's nested S3Resource is set up and torn down there.
+        with dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources={"store": self.store}
+        ) as context:
+            result = raw_files_sensor(context)
+        assert isinstance(result, dg.SensorResult | dg.SkipReason)
+        tick = Tick(result, time.perf_counter() - started)
+        if isinstance(result, dg.SensorResult):
+            for request in result.dynamic_partitions_requests or []:
+                assert isinstance(request, dg.AddDynamicPartitionsRequest)
+                assert request.partitions_def_name == PARTITIONS
+                self.instance.add_dynamic_partitions(PARTITIONS, list(request.partition_keys))
+            if result.cursor is not None:
+                self.cursor = result.cursor
+        self.ticks.append(tick)
+        return tick
+
+    def drain(self, max_ticks: int = 100) -> list[Tick]:
+        """Ticks until one skips; every tick before it (the skip is self.ticks[-1])."""
+        ran: list[Tick] = []
+        for _ in range(max_ticks):
+            tick = self.tick()
+            if isinstance(tick.result, dg.SkipReason):
+                return ran
+            ran.append(tick)
+        raise AssertionError(f"no SkipReason after {max_ticks} ticks")
+
+    def partitions(self) -> set[str]:
+        return set(self.instance.get_dynamic_partitions(PARTITIONS))
+
+
+def runs_by_customer(ticks: list[Tick]) -> Counter[str]:
+    return Counter(r.partition_key or "" for t in ticks for r in t.runs)
+
+
+def all_run_keys(ticks: list[Tick]) -> list[str]:
+    return [r.run_key for t in ticks for r in t.runs if r.run_key]
+
+
+def landing(store: ObjectStore, customer: str, name: str) -> str:
+    return store.uri("landing", customer, name)
+
+
+def local_path(store: LocalObjectStore, uri: str) -> Path:
+    return store.base / store.bucket / uri.split("/", 3)[3]
+
+
+def set_mtime(store: LocalObjectStore, uri: str, seconds: int) -> None:
+    """What ``touch -d`` or ``cp -p`` does: a LastModified of our choosing."""
+    ns = seconds * 1_000_000_000
+    os.utime(local_path(store, uri), ns=(ns, ns))
+
+
+def customers(n: int, prefix: str = "cust") -> list[str]:
+    return [f"{prefix}-{i:03d}" for i in range(n)]
+
+
+@pytest.fixture
+def daemon(instance: dg.DagsterInstance, store: LocalObjectStore) -> Daemon:
+    return Daemon(instance, store)
+
+
+# Local store ---------------------------------------------------------------------------------------
+
+
+def test_nothing_landed_skips_naming_the_prefix(daemon: Daemon):
+    tick = daemon.tick()
+    assert tick.skip_message == (
+        "no new or changed files under s3://forecast-assets/landing/ (0 objects checked)"
+    )
+    assert daemon.cursor is None
+
+
+def test_first_tick_adds_customers_and_is_bounded_later_ticks_drain(
+    daemon: Daemon, store: LocalObjectStore
+):
+    ids = customers(MAX_RUNS_PER_TICK + 5)
+    for customer in ids:
+        for name in ("a.csv", "b.csv"):
+            store.write_bytes(landing(store, customer, name), f"{customer},{name}\n".encode())
+
+    first = daemon.tick()
+    assert len(first.runs) == MAX_RUNS_PER_TICK
+    assert sorted(first.added) == sorted(r.partition_key or "" for r in first.runs)
+    assert daemon.partitions() == set(first.added)
+    assert all(r.tags["forecast-assets/changed-files"] == "2" for r in first.runs)
+
+    rest = daemon.drain()
+    assert [len(t.runs) for t in rest] == [5]
+    assert runs_by_customer([first, *rest]) == dict.fromkeys(ids, 1)
+    keys = all_run_keys([first, *rest])
+    assert len(keys) == len(set(keys)) == len(ids)
+    assert daemon.partitions() == set(ids)
+    assert daemon.ticks[-1].skip_message == (
+        f"no new or changed files under s3://forecast-assets/landing/ ({2 * len(ids)} objects "
+        "checked)"
+    )
+    # Evaluating the last tick again (a daemon restart before its cursor was saved) would request
+    # the same run keys, which Dagster refuses to launch twice.
+    replay = Daemon(daemon.instance, store, cursor=None)
+    assert set(all_run_keys(replay.drain())) == set(keys)
+
+
+def test_customers_whose_files_span_the_cut_get_one_run(daemon: Daemon, store: LocalObjectStore):
+    """Everyone's files interleaved in time (a backfill uploaded in parallel): the bound cuts
+    through every customer's files, yet nobody gets a second, redundant run."""
+    ids = customers(60)
+    base = 1_750_000_000
+    for i, customer in enumerate(ids):
+        for j in range(4):
+            uri = landing(store, customer, f"{j}.csv")
+            store.write_bytes(uri, f"{customer},{j}\n".encode())
+            set_mtime(store, uri, base + 100 * j + i % 7)
+
+    ticks = daemon.drain()
+    assert [len(t.runs) for t in ticks] == [25, 25, 10]
+    assert runs_by_customer(ticks) == dict.fromkeys(ids, 1)
+    assert all(r.tags["forecast-assets/changed-files"] == "4" for t in ticks for r in t.runs)
+    cursor = json.loads(daemon.cursor or "")
+    assert cursor["mark"] == "2025-06-15T15:11:46+00:00"  # base + 306, the newest file
+    assert "ahead" not in cursor
+
+
+def test_files_arriving_between_ticks_are_picked_up(daemon: Daemon, store: LocalObjectStore):
+    for customer in ("acme", "globex"):
+        store.write_bytes(landing(store, customer, "jan.csv"), b"1\n")
+    first = daemon.drain()
+    assert runs_by_customer(first) == {"acme": 1, "globex": 1}
+
+    store.write_bytes(landing(store, "globex", "feb.csv"), b"2\n")
+    store.write_bytes(landing(store, "initech", "jan.csv"), b"3\n")
+    tick = daemon.tick()
+    assert runs_by_customer([tick]) == {"globex": 1, "initech": 1}
+    assert tick.added == ["initech"]  # globex is in the partition set already
+    assert all(r.tags["forecast-assets/changed-files"] == "1" for r in tick.runs)
+    assert daemon.tick().skip_message.endswith("(4 objects checked)")
+
+
+def test_a_rewritten_file_triggers_a_new_run_with_a_new_run_key(
+    daemon: Daemon, store: LocalObjectStore
+):
+    uri = landing(store, "acme", "jan.csv")
+    store.write_bytes(uri, b"original\n")
+    store.write_bytes(landing(store, "globex", "jan.csv"), b"other\n")
+    (first,) = daemon.drain()
+    old_key = next(r.run_key for r in first.runs if r.partition_key == "acme")
+
+    store.write_bytes(uri, b"corrected\n")
+    tick = daemon.tick()
+    assert [r.partition_key for r in tick.runs] == ["acme"]
+    assert tick.runs[0].run_key != old_key
+    assert tick.added == []
+    assert isinstance(daemon.tick().result, dg.SkipReason)
+
+
+def test_files_sharing_a_timestamp_are_all_picked_up_when_the_bound_cuts_through_them(
+    daemon: Daemon, store: LocalObjectStore
+):
+    same = 1_760_000_000
+    ids = customers(MAX_RUNS_PER_TICK + 5)
+    for customer in ids:
+        uri = landing(store, customer, "data.csv")
+        store.write_bytes(uri, customer.encode())
+        set_mtime(store, uri, same)
+
+    first = daemon.tick()
+    assert len(first.runs) == MAX_RUNS_PER_TICK
+    cursor = json.loads(daemon.cursor or "")
+    # The mark stops at the shared second, remembering which files in it were handled.
+    assert cursor["mark"] == "2025-10-09T08:53:20+00:00"
+    assert len(cursor["at_mark"]) == MAX_RUNS_PER_TICK
+
+    second = daemon.tick()
+    assert len(second.runs) == 5
+    assert runs_by_customer([first, second]) == dict.fromkeys(ids, 1)
+    assert isinstance(daemon.tick().result, dg.SkipReason)
+
+    # Files landing later but with that same LastModified are new, not mistaken for handled.
+    late = [landing(store, ids[0], "late.csv"), landing(store, "newcomer", "data.csv")]
+    for uri in late:
+        store.write_bytes(uri, b"late\n")
+        set_mtime(store, uri, same)
+    tick = daemon.tick()
+    assert runs_by_customer([tick]) == {ids[0]: 1, "newcomer": 1}
+    assert isinstance(daemon.tick().result, dg.SkipReason)
+
+
+def test_a_file_older_than_the_mark_is_missed_as_documented(
+    daemon: Daemon, store: LocalObjectStore
+):
+    """The cursor's one assumption (see the sensors module): LastModified only increases. An
+    mtime set back by hand breaks it; S3 cannot."""
+    store.write_bytes(landing(store, "acme", "jan.csv"), b"1\n")
+    daemon.drain()
+    uri = landing(store, "acme", "backdated.csv")
+    store.write_bytes(uri, b"2\n")
+    set_mtime(store, uri, 1_600_000_000)
+    assert isinstance(daemon.tick().result, dg.SkipReason)
+
+
+def test_invalid_customer_folders_are_ignored_with_a_message(
+    daemon: Daemon, store: LocalObjectStore, capsys: pytest.CaptureFixture[str]
+):
+    store.write_bytes(landing(store, "acme", "jan.csv"), b"1\n")
+    store.write_bytes(landing(store, "Bad_Customer", "jan.csv"), b"2\n")
+    store.write_bytes(landing(store, "Bad_Customer", "feb.csv"), b"3\n")
+    store.write_bytes(landing(store, "-dash", "jan.csv"), b"4\n")
+    store.write_bytes(store.uri("landing", "README.txt"), b"not a customer\n")
+
+    tick = daemon.tick()
+    assert [r.partition_key for r in tick.runs] == ["acme"]
+    assert tick.added == ["acme"]
+    logged = capsys.readouterr().err
+    assert (
+        "WARNING - ignoring 2 object(s) under s3://forecast-assets/landing/Bad_Customer/: "
+        "invalid customer id 'Bad_Customer'" in logged
+    )
+    assert "ignoring 1 object(s) under s3://forecast-assets/landing/-dash/" in logged
+    assert (
+        "ignoring 1 object(s) under s3://forecast-assets/landing/: not inside a customer folder"
+        in logged
+    )
+    assert "4 object(s) in 3 invalid customer folder(s) ignored" in logged
+
+    assert daemon.tick().skip_message == (
+        "no new or changed files under s3://forecast-assets/landing/ (5 objects checked; "
+        "4 object(s) in 3 invalid customer folder(s) ignored)"
+    )
+    assert daemon.partitions() == {"acme"}
+
+
+def test_an_unreadable_cursor_raises(daemon: Daemon, store: LocalObjectStore):
+    store.write_bytes(landing(store, "acme", "jan.csv"), b"1\n")
+    daemon.cursor = "not json"
+    with pytest.raises(ValueError, match="cannot read its cursor"):
+        daemon.tick()
+
+
+def test_an_unreachable_store_raises(instance: dg.DagsterInstance, aws_env: str):
+    """A store that cannot be listed fails the tick; it is never taken for "nothing new"."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens here once the socket is closed
+    store = S3ObjectStore(
+        bucket="forecast-assets",
+        s3=S3Resource(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1),
+    )
+    with pytest.raises(EndpointConnectionError):
+        Daemon(instance, store).tick()
+
+
+# S3 (moto server) ---------------------------------------------------------------------------------
+
+S3_CUSTOMERS = 500
+FILES_PER_CUSTOMER = 20
+
+
+def put_objects(bucket: str, bodies: dict[str, bytes], threads: int = 16) -> None:
+    """PutObject for every key, on a thread pool (moto handles ~150 puts/s on two cores)."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", config=Config(max_pool_connections=threads))
+    with ThreadPoolExecutor(threads) as pool:
+        list(
+            pool.map(
+                lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), bodies.items()
+            )
+        )
+
+
+@pytest.mark.slow
+def test_ten_thousand_objects_on_s3(
+    s3_store: S3ObjectStore,
+    instance: dg.DagsterInstance,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+):
+    caplog.set_level(logging.ERROR, logger="werkzeug")  # moto's request log
+    ids = customers(S3_CUSTOMERS, prefix="meter")
+    bodies = {
+        f"landing/{customer}/{day:02d}.csv": f"{customer},{day}\n".encode()
+        for day in range(FILES_PER_CUSTOMER)
+        for customer in ids
+    }
+    invalid = {"landing/Not_A_Customer/x.csv": b"x", "landing/stray.csv": b"y"}
+    started = time.perf_counter()
+    put_objects(s3_store.bucket, {**bodies, **invalid})
+    setup_seconds = time.perf_counter() - started
+    total = len(bodies) + len(invalid)
+    prefix = f"s3://{s3_store.bucket}/landing/"
+
+    daemon = Daemon(instance, s3_store)
+    cursor_sizes = []
+    first = daemon.tick()
+    cursor_sizes.append(len(daemon.cursor or ""))
+    assert len(first.runs) == MAX_RUNS_PER_TICK
+    assert sorted(first.added) == sorted(r.partition_key or "" for r in first.runs)
+
+    rest = []
+    while not isinstance((tick := daemon.tick()).result, dg.SkipReason):
+        rest.append(tick)
+        cursor_sizes.append(len(daemon.cursor or ""))
+        assert len(rest) < S3_CUSTOMERS, "the backlog never drained"
+    drained = [first, *rest]
+    assert all(len(t.runs) <= MAX_RUNS_PER_TICK for t in drained)
+    assert len(drained) == S3_CUSTOMERS // MAX_RUNS_PER_TICK
+    assert runs_by_customer(drained) == dict.fromkeys(ids, 1)
+    keys = all_run_keys(drained)
+    assert len(keys) == len(set(keys))
+    assert daemon.partitions() == set(ids)
+    assert all(
+        r.tags["forecast-assets/changed-files"] == str(FILES_PER_CUSTOMER)
+        for t in drained
+        for r in t.runs
+    )
+    assert tick.skip_message == (
+        f"no new or changed files under {prefix} ({total} objects checked; "
+        "2 object(s) in 2 invalid customer folder(s) ignored)"
+    )
+    # Small: a timestamp and the objects of its second, never a list of every key (~700 kB).
+    final = json.loads(daemon.cursor or "")
+    assert "ahead" not in final
+    assert len(daemon.cursor or "") < 20_000
+    assert max(cursor_sizes) < 64_000
+    assert "invalid customer id 'Not_A_Customer'" in capsys.readouterr().err
+
+    # New files between ticks: one for a known customer, one for a customer never seen.
+    put_objects(
+        s3_store.bucket, {"landing/meter-007/new.csv": b"new\n", "landing/fresh/a.csv": b"a\n"}
+    )
+    arrivals = daemon.tick()
+    assert runs_by_customer([arrivals]) == {"meter-007": 1, "fresh": 1}
+    assert arrivals.added == ["fresh"]
+
+    # A rewrite (new content, so a new ETag) of a file handled long ago, likely within the very
+    # second of the mark: a new run, under a new run key.
+    put_objects(s3_store.bucket, {"landing/meter-123/05.csv": b"corrected\n"})
+    rewrite = daemon.tick()
+    assert [r.partition_key for r in rewrite.runs] == ["meter-123"]
+    assert rewrite.runs[0].run_key not in keys
+    assert rewrite.runs[0].tags["forecast-assets/changed-files"] == "1"
+    assert daemon.tick().skip_message.startswith(f"no new or changed files under {prefix} (")
+
+    timings = [round(t.seconds, 2) for t in daemon.ticks]
+    with capsys.disabled():
+        print(
+            f"\n{total} objects put in {setup_seconds:.1f} s; {len(daemon.ticks)} ticks, "
+            f"{total}-{total + 2} objects listed per tick, tick seconds {timings}; "
+            f"cursor bytes per draining tick {cursor_sizes}; final cursor "
+            f"{len(daemon.cursor or '')} bytes"
+        )
+
+
+def test_cursor_is_independent_of_the_number_of_objects():
+    """plan_tick alone, at 100,000 objects: the cursor holds the mark's second, not the keys."""
+    from datetime import UTC, datetime, timedelta
+
+    from resources.storage import ObjectInfo
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    files = [
+        sensors.LandingFile(
+            f"c-{i % 1000}",
+            ObjectInfo(
+                uri=f"s3://b/landing/c-{i % 1000}/{i}.csv",
+                key=f"landing/c-{i % 1000}/{i}.csv",
+                size=1,
+                etag=f'"{i:032x}"',
+                last_modified=start + timedelta(seconds=i // 10),  # 10 objects per second
+            ),
+        )
+        for i in range(100_000)
+    ]
+    cursor = sensors.LandingCursor()
+    sizes = []
+    while (plan := sensors.plan_tick(files, cursor)).runs:
+        cursor = plan.cursor
+        sizes.append(len(cursor.to_json()))
+    assert len(sizes) == 1000 // MAX_RUNS_PER_TICK
+    # Every customer has files in every second, so until the last tick the mark cannot pass
+    # them and the cursor holds one entry per customer served: it grows with customers waiting,
+    # never with objects, and empties when the backlog is drained.
+    assert max(sizes) < 64_000
+    assert cursor.mark == files[-1].info.last_modified
+    assert len(cursor.at_mark) == 10
+    assert len(cursor.to_json()) < 400
