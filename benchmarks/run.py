@@ -192,12 +192,7 @@ class ScriptRun:
 
 def install_bundle(job: str, code_dir: Path) -> Path:
     """Lay the job's shipped bundle out as the image (or SageMaker's code input) would."""
-    code = bundle(job)  # type: ignore[arg-type]
-    for name, data in code.files.items():
-        path = code_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return code_dir / code.entry_script
+    return bundle(job).write_to(code_dir)  # type: ignore[arg-type]
 
 
 def script_env(extra: Mapping[str, str]) -> dict[str, str]:

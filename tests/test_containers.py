@@ -20,13 +20,8 @@ CUSTOMER = DEMO_CUSTOMERS[0]  # enerlog: decimal comma, W, naive local time
 
 
 def install_bundle(job: str, code_dir: Path) -> Path:
-    """Lay the job's bundle out as the image (or SageMaker's code input) would."""
-    code = bundle(job)  # type: ignore[arg-type]
-    for name, data in code.files.items():
-        path = code_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return code_dir / code.entry_script
+    """Lay the job's shipped bundle out as the image (or SageMaker's code input) would."""
+    return bundle(job).write_to(code_dir)  # type: ignore[arg-type]
 
 
 def run(

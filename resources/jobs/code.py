@@ -42,6 +42,15 @@ class CodeBundle:
             h.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
         return h.hexdigest()[:16]
 
+    def write_to(self, directory: Path) -> Path:
+        """Lay the bundle out in ``directory`` as an image (or SageMaker's code input) has it;
+        returns the entry script's path."""
+        for name, data in self.files.items():
+            path = directory / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return directory / self.entry_script
+
     def tarball(self) -> bytes:
         """A reproducible tar.gz: sorted names, zero mtimes and owners."""
         buffer = io.BytesIO()
