@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.forecast_data/dagster_home
 
-.PHONY: install demo ui test check lint typecheck pytest postgres bench clean
+.PHONY: install instance demo ui backfill test check lint typecheck pytest postgres bench clean
 
 install: $(VENV)/.installed
 
@@ -15,15 +15,24 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $@
 
-## demo: demo data for 5 customers, then the whole graph for each (no AWS account needed)
-demo: install
+# The instance's settings (run queue, SageMaker pools) come from dagster.yaml in the repo.
+instance: $(DAGSTER_HOME)/dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p "$(DAGSTER_HOME)"
+	cp dagster.yaml "$@"
+
+## demo: demo data for 5 customers, then the whole graph for each (no AWS account needed)
+demo: install instance
 	$(PY) -m forecast_assets.demo
 
-## ui: the Dagster UI on the same data and instance as `make demo`
-ui: install
-	mkdir -p "$(DAGSTER_HOME)"
+## ui: the Dagster UI (and daemon) on the same data and instance as `make demo`
+ui: install instance
 	$(VENV)/bin/dagster dev -w workspace.yaml
+
+## backfill: every customer through the daemon, as the UI's Launch backfill (BACKFILL_ARGS=...)
+backfill: install instance
+	bash scripts/backfill.sh $(BACKFILL_ARGS)
 
 ## test: lint, type check, then every test (PostgreSQL is installed if it is missing)
 test: check postgres pytest

@@ -13,7 +13,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from forecast_assets.assets import ALL_ASSETS
-from forecast_assets.environment import Environment, current_environment
+from forecast_assets.environment import Environment, backfill_batch_size, current_environment
 from forecast_assets.jobs import ALL_JOBS
 from forecast_assets.schedules import daily_forecast_schedule, weekly_training_schedule
 from forecast_assets.sensors import raw_files_sensor
@@ -77,9 +77,22 @@ def resources_for(environment: Environment) -> dict[str, Any]:
     }
 
 
-def build_definitions(environment: Environment | None = None) -> dg.Definitions:
+def assets_with_batches(batch_size: int) -> list[dg.AssetsDefinition]:
+    """The assets, with backfills cut into runs of ``batch_size`` customers.
+
+    Every asset gets the same policy, so a batch goes through the whole graph in one run, and
+    each step launches one SageMaker job for the batch. Sensor and schedule runs stay one per
+    customer.
+    """
+    policy = dg.BackfillPolicy.multi_run(max_partitions_per_run=batch_size)
+    return [asset.with_attributes(backfill_policy=policy) for asset in ALL_ASSETS]
+
+
+def build_definitions(
+    environment: Environment | None = None, batch_size: int | None = None
+) -> dg.Definitions:
     return dg.Definitions(
-        assets=ALL_ASSETS,
+        assets=assets_with_batches(batch_size or backfill_batch_size()),
         jobs=ALL_JOBS,
         sensors=[raw_files_sensor],
         schedules=[weekly_training_schedule, daily_forecast_schedule],

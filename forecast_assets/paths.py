@@ -7,6 +7,7 @@ preprocessed/<customer>/load.parquet      regular load table (+ devices.json, qu
 models/<customer>/<job>/output/model.tar.gz  one per training job, as SageMaker lays it out
 forecasts/<customer>/forecast.parquet     the latest forecast
 jobs/<job>/output/<name>/                 where a job's outputs land before promotion
+jobs/<job>/input/<name>/<customer>/...    a batch job's inputs, one folder per customer
 code/<job>/<sha256>/                      the job scripts, by content
 """
 
@@ -15,6 +16,10 @@ from __future__ import annotations
 from resources.storage import ObjectStore
 
 PREPROCESSED_FILES = ("load.parquet", "devices.json", "quality.json")
+
+
+def landing_root(store: ObjectStore) -> str:
+    return store.uri("landing") + "/"
 
 
 def landing_prefix(store: ObjectStore, customer: str) -> str:
@@ -37,6 +42,10 @@ def models_prefix(store: ObjectStore, customer: str) -> str:
     return store.uri("models", customer)
 
 
+def model_artifact(store: ObjectStore, customer: str, job_name: str) -> str:
+    return store.uri("models", customer, job_name, "output", "model.tar.gz")
+
+
 def checkpoints(store: ObjectStore, customer: str) -> str:
     return store.uri("checkpoints", customer)
 
@@ -47,3 +56,7 @@ def forecast(store: ObjectStore, customer: str) -> str:
 
 def job_output(store: ObjectStore, job_name: str, output: str) -> str:
     return store.uri("jobs", job_name, "output", output)
+
+
+def job_input(store: ObjectStore, job_name: str, name: str) -> str:
+    return store.uri("jobs", job_name, "input", name)

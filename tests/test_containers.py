@@ -1,22 +1,60 @@
 """Each job script, run on its own in a SageMaker-shaped directory from its shipped bundle,
-with no Dagster around it: preprocessing -> training -> inference, as SageMaker would chain them."""
+with no Dagster around it: preprocessing -> training -> inference, as SageMaker would chain them;
+then the same in batch mode, several customers per job, and the batch file they read."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from forecast_assets.demo_data import DEMO_CUSTOMERS, generate_customer_files
-from resources.jobs.code import bundle
+from forecast_assets.demo_data import DEMO_CUSTOMERS, DemoCustomer, generate_customer_files
+from forecast_core.batch import BatchFailed, BatchFileError, read_batch, run_each
+from forecast_core.runtime import Report
+from resources.jobs.code import CONTAINERS_DIR, ENTRY_SCRIPTS, bundle
 from tests.conftest import TEST_END
 
 CUSTOMER = DEMO_CUSTOMERS[0]  # enerlog: decimal comma, W, naive local time
+OTHER = DEMO_CUSTOMERS[2]  # kilowatch, the second customer of a batch
+ISSUED_AT = "2025-11-03T06:00:00Z"
+
+
+TRAIN_HPS = {"n_estimators": 30, "holdout_days": 14, "horizon_hours": 48}
+
+
+def write_hyperparameters(config: Path, hps: dict[str, Any]) -> None:
+    """As SageMaker writes them: every value a string (JSON-encoded here)."""
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(
+        json.dumps({k: json.dumps(v) for k, v in hps.items()})
+    )
+
+
+def pack_model(model_dir: Path, archive: Path) -> None:
+    """Pack a model folder as SageMaker packs /opt/ml/model."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+
+
+def training_env(ml: Path, **channels: Path) -> dict[str, str]:
+    return {
+        "SM_MODEL_DIR": str(ml / "model"),
+        "SM_OUTPUT_DIR": str(ml / "output"),
+        "SM_OUTPUT_DATA_DIR": str(ml / "output/data"),
+        "SM_INPUT_CONFIG_DIR": str(ml / "input/config"),
+        **{f"SM_CHANNEL_{name.upper()}": str(path) for name, path in channels.items()},
+    }
 
 
 def install_bundle(job: str, code_dir: Path) -> Path:
@@ -39,28 +77,28 @@ def run(
     )
 
 
-def write_raw(raw_dir: Path, days: int) -> dict:
-    files = generate_customer_files(CUSTOMER, end=TEST_END, days=days, seed=1)
+def write_raw(raw_dir: Path, days: int, customer: DemoCustomer = CUSTOMER) -> dict:
+    files = generate_customer_files(customer, end=TEST_END, days=days, seed=1)
     entries = []
     for name, data in sorted(files.items()):
         (raw_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (raw_dir / name).write_bytes(data)
         entries.append(
             {
-                "uri": f"s3://bucket/landing/{CUSTOMER.customer_id}/{name}",
+                "uri": f"s3://bucket/landing/{customer.customer_id}/{name}",
                 "relative_path": name,
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "vendor": CUSTOMER.vendor,
+                "vendor": customer.vendor,
             }
         )
-    return {"customer_id": CUSTOMER.customer_id, "files": entries}
+    return {"customer_id": customer.customer_id, "files": entries}
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> dict[str, Path]:
+def pipeline(tmp_path_factory) -> dict[str, Any]:
     """Run the three scripts in sequence, each in its own /opt/ml stand-in."""
     base = tmp_path_factory.mktemp("containers")
-    out: dict[str, Path] = {}
+    out: dict[str, Any] = {"stdout": {}}
 
     # Preprocessing (processing job).
     ml = base / "prep" / "opt" / "ml"
@@ -89,35 +127,20 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
         base,
     )
     assert proc.returncode == 0, proc.stderr
-    out["preprocessed"] = output
+    out["preprocessed"], out["stdout"]["preprocessing"] = output, proc.stdout
 
     # Training (training job, script mode).
     ml = base / "train" / "opt" / "ml"
     channel = ml / "input/data/train"
     channel.mkdir(parents=True)
     (channel / "load.parquet").write_bytes((output / "load.parquet").read_bytes())
-    config = ml / "input/config"
-    config.mkdir(parents=True)
-    hps = {
-        "customer_id": CUSTOMER.customer_id,
-        "n_estimators": 30,
-        "holdout_days": 14,
-        "horizon_hours": 48,
-    }
-    (config / "hyperparameters.json").write_text(
-        json.dumps({k: json.dumps(v) for k, v in hps.items()})
-    )
+    write_hyperparameters(ml / "input/config", {"customer_id": CUSTOMER.customer_id, **TRAIN_HPS})
     script = install_bundle("training", ml / "code")
-    env = {
-        "SM_MODEL_DIR": str(ml / "model"),
-        "SM_OUTPUT_DIR": str(ml / "output"),
-        "SM_OUTPUT_DATA_DIR": str(ml / "output/data"),
-        "SM_INPUT_CONFIG_DIR": str(config),
-        "SM_CHANNEL_TRAIN": str(channel),
-    }
+    env = training_env(ml, train=channel)
     proc = run(script, ["train"], env, base)  # SageMaker passes "train" to a custom image
     assert proc.returncode == 0, proc.stderr
     out["model"], out["train_output"] = ml / "model", ml / "output/data"
+    out["stdout"]["training"] = proc.stdout
 
     # Inference (processing job) with model.tar.gz packed as SageMaker packs /opt/ml/model.
     ml = base / "infer" / "opt" / "ml"
@@ -126,11 +149,8 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
         ml / "processing/input/history",
         ml / "processing/output/forecast",
     )
-    model_in.mkdir(parents=True)
     history.mkdir(parents=True)
-    with tarfile.open(model_in / "model.tar.gz", "w:gz") as tar:
-        for path in sorted(out["model"].iterdir()):
-            tar.add(path, arcname=path.name)
+    pack_model(out["model"], model_in / "model.tar.gz")
     (history / "load.parquet").write_bytes((output / "load.parquet").read_bytes())
     script = install_bundle("inference", ml / "processing/input/code")
     proc = run(
@@ -149,13 +169,13 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
             "--horizon-hours",
             "24",
             "--issued-at",
-            "2025-11-03T06:00:00Z",
+            ISSUED_AT,
         ],
         {"SM_OUTPUT_DIR": str(ml / "output")},
         base,
     )
     assert proc.returncode == 0, proc.stderr
-    out["forecast"] = forecast_out
+    out["forecast"], out["stdout"]["inference"] = forecast_out, proc.stdout
     return out
 
 
@@ -239,10 +259,7 @@ def test_inference_refuses_a_horizon_beyond_the_trained_one(pipeline, tmp_path):
     ml = tmp_path / "opt" / "ml"
     script = install_bundle("inference", ml / "processing/input/code")
     model_in = ml / "processing/input/model"
-    model_in.mkdir(parents=True)
-    with tarfile.open(model_in / "model.tar.gz", "w:gz") as tar:
-        for path in sorted(pipeline["model"].iterdir()):
-            tar.add(path, arcname=path.name)
+    pack_model(pipeline["model"], model_in / "model.tar.gz")
     proc = run(
         script,
         [
@@ -264,3 +281,368 @@ def test_inference_refuses_a_horizon_beyond_the_trained_one(pipeline, tmp_path):
     )
     assert proc.returncode == 1
     assert "horizon of 72.0 h is outside" in (ml / "output" / "message").read_text()
+
+
+# Batch mode: several customers in one job -------------------------------------------------------
+
+
+def write_batch(directory: Path, entries: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "batch.json").write_text(json.dumps({"customers": entries}))
+    return directory / "batch.json"
+
+
+def reports(stdout: str) -> dict[str, Any]:
+    """A job's report lines by label ("report" or "report[<customer>]") and failure lines
+    ("failed[<customer>]", the reason as a string)."""
+    found: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        label, sep, rest = line.partition(": ")
+        if sep and label.startswith("report"):
+            found[label] = json.loads(rest)
+        elif sep and label.startswith("failed["):
+            found[label] = rest
+    return found
+
+
+def preprocess_batch(
+    base: Path, customers: list[DemoCustomer], days: int, tamper: str | None = None
+) -> tuple[subprocess.CompletedProcess, Path, dict[str, dict]]:
+    """Preprocessing in batch mode; ``tamper`` names a customer whose first file is changed
+    after validation. Returns the run, the output folder and the manifests by customer."""
+    ml = base / "opt" / "ml"
+    inputs = ml / "processing/input"
+    manifests = {}
+    for customer in customers:
+        c = customer.customer_id
+        manifests[c] = write_raw(inputs / "raw" / c, days, customer)
+        (inputs / "manifest" / c).mkdir(parents=True)
+        (inputs / "manifest" / c / "raw_load.json").write_text(json.dumps(manifests[c]))
+    if tamper is not None:
+        changed = inputs / "raw" / tamper / manifests[tamper]["files"][0]["relative_path"]
+        changed.write_bytes(changed.read_bytes() + b"\n")
+    batch = write_batch(inputs / "batch", [{"customer_id": c} for c in manifests])
+    output = ml / "processing/output/preprocessed"
+    script = install_bundle("preprocessing", inputs / "code")
+    args = ["--batch", str(batch), "--raw-dir", str(inputs / "raw")]
+    args += ["--manifest-dir", str(inputs / "manifest"), "--output-dir", str(output)]
+    proc = run(script, args, {"SM_OUTPUT_DIR": str(ml / "output")}, base)
+    return proc, output, manifests
+
+
+def train_batch(
+    base: Path, loads: Mapping[str, Path | None]
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """Training in batch mode on each customer's load.parquet (None: the channel lacks it)."""
+    ml = base / "opt" / "ml"
+    channel = ml / "input/data/train"
+    for customer, load in loads.items():
+        (channel / customer).mkdir(parents=True)
+        if load is not None:
+            (channel / customer / "load.parquet").write_bytes(load.read_bytes())
+    batch = write_batch(ml / "input/data/batch", [{"customer_id": c} for c in loads]).parent
+    write_hyperparameters(ml / "input/config", TRAIN_HPS)
+    script = install_bundle("training", ml / "code")
+    proc = run(script, ["train"], training_env(ml, train=channel, batch=batch), base)
+    return proc, ml
+
+
+def infer_batch(
+    base: Path, customers: Mapping[str, tuple[str, Path, Path | None]]
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """Inference in batch mode; per customer its model version, model folder and history
+    (None: not staged). Returns the run and the output folder."""
+    ml = base / "opt" / "ml"
+    inputs = ml / "processing/input"
+    for customer, (_, model, history) in customers.items():
+        pack_model(model, inputs / "model" / customer / "model.tar.gz")
+        (inputs / "history" / customer).mkdir(parents=True)
+        if history is not None:
+            (inputs / "history" / customer / "load.parquet").write_bytes(history.read_bytes())
+    entries = [{"customer_id": c, "model_version": v} for c, (v, _, _) in customers.items()]
+    batch = write_batch(inputs / "batch", entries)
+    output = ml / "processing/output/forecast"
+    script = install_bundle("inference", inputs / "code")
+    args = ["--batch", str(batch), "--model-dir", str(inputs / "model")]
+    args += ["--history-dir", str(inputs / "history"), "--output-dir", str(output)]
+    args += ["--horizon-hours", "24", "--issued-at", ISSUED_AT]
+    proc = run(script, args, {"SM_OUTPUT_DIR": str(ml / "output")}, base)
+    return proc, output
+
+
+@pytest.fixture(scope="module")
+def batch_pipeline(tmp_path_factory) -> dict[str, Any]:
+    """The three scripts in batch mode for CUSTOMER (the same data as ``pipeline``) and OTHER."""
+    base = tmp_path_factory.mktemp("batch")
+    c, o = CUSTOMER.customer_id, OTHER.customer_id
+    proc, preprocessed, _ = preprocess_batch(base / "prep", [CUSTOMER, OTHER], days=70)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = {"preprocessed": preprocessed, "stdout": {"preprocessing": proc.stdout}}
+
+    loads = {x: preprocessed / x / "load.parquet" for x in (c, o)}
+    proc, ml = train_batch(base / "train", loads)
+    assert proc.returncode == 0, proc.stderr
+    out["model"], out["train_output"] = ml / "model", ml / "output/data"
+    out["stdout"]["training"] = proc.stdout
+
+    models = {x: (version, out["model"] / x, loads[x]) for x, version in ((c, "v1"), (o, "v2"))}
+    proc, out["forecast"] = infer_batch(base / "infer", models)
+    assert proc.returncode == 0, proc.stderr
+    out["stdout"]["inference"] = proc.stdout
+    return out
+
+
+@pytest.mark.parametrize("job", ["preprocessing", "training", "inference"])
+def test_batch_reports_each_customer_as_single_mode_reports_it(pipeline, batch_pipeline, job):
+    single, batch = reports(pipeline["stdout"][job]), reports(batch_pipeline["stdout"][job])
+    assert sorted(batch) == [f"report[{CUSTOMER.customer_id}]", f"report[{OTHER.customer_id}]"]
+    # Approximately: training's model metrics vary in their last digits from run to run.
+    assert batch[f"report[{CUSTOMER.customer_id}]"] == pytest.approx(single["report"])
+    assert batch[f"report[{OTHER.customer_id}]"].keys() == single["report"].keys()
+
+
+def test_batch_preprocessing_writes_each_customer_as_single_mode(pipeline, batch_pipeline):
+    out = batch_pipeline["preprocessed"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [CUSTOMER.customer_id, OTHER.customer_id]
+    )
+    same = out / CUSTOMER.customer_id
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(same / "load.parquet"),
+        pd.read_parquet(pipeline["preprocessed"] / "load.parquet"),
+    )
+    for name in ("devices.json", "quality.json"):
+        assert (same / name).read_text() == (pipeline["preprocessed"] / name).read_text()
+    other = pd.read_parquet(out / OTHER.customer_id / "load.parquet")
+    assert list(other.columns) == ["timestamp", "device_id", "energy_kwh", "is_filled", "is_gap"]
+    assert other["device_id"].nunique() == OTHER.devices
+    devices = json.loads((out / OTHER.customer_id / "devices.json").read_text())
+    assert {d["vendor"] for d in devices} == {OTHER.vendor}
+
+
+def test_batch_training_writes_each_customer_as_single_mode(pipeline, batch_pipeline):
+    model, data = batch_pipeline["model"], batch_pipeline["train_output"]
+    customers = sorted([CUSTOMER.customer_id, OTHER.customer_id])
+    assert sorted(p.name for p in model.iterdir()) == customers
+    assert sorted(p.name for p in data.iterdir()) == customers
+    for customer in customers:
+        assert sorted(p.name for p in (model / customer).iterdir()) == sorted(
+            p.name for p in pipeline["model"].iterdir()
+        )
+        assert sorted(p.name for p in (data / customer).iterdir()) == [
+            "holdout.csv",
+            "metrics.json",
+        ]
+    # The forest sums its trees' predictions in parallel, in no fixed order: the last digits vary.
+    same = CUSTOMER.customer_id
+    for folder, single in (
+        (model / same, pipeline["model"]),
+        (data / same, pipeline["train_output"]),
+    ):
+        batch_metrics = json.loads((folder / "metrics.json").read_text())
+        single_metrics = json.loads((single / "metrics.json").read_text())
+        for block in ("model", "baseline_seasonal_naive", "wape_ratio"):
+            assert batch_metrics.pop(block) == pytest.approx(single_metrics.pop(block))
+        assert batch_metrics == single_metrics
+    pd.testing.assert_frame_equal(
+        pd.read_csv(data / same / "holdout.csv"),
+        pd.read_csv(pipeline["train_output"] / "holdout.csv"),
+    )
+    other = json.loads((model / OTHER.customer_id / "metrics.json").read_text())
+    assert other["customer_id"] == OTHER.customer_id
+
+
+def test_batch_inference_writes_each_customer_as_single_mode(pipeline, batch_pipeline):
+    out = batch_pipeline["forecast"]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / CUSTOMER.customer_id / "forecast.parquet"),
+        pd.read_parquet(pipeline["forecast"] / "forecast.parquet"),
+    )
+    other = pd.read_parquet(out / OTHER.customer_id / "forecast.parquet")
+    assert len(other) == 24 * OTHER.devices
+    assert set(other["model_version"]) == {"v2"}
+    assert set(other["issued_at"]) == {pd.Timestamp(ISSUED_AT)}
+
+
+def test_preprocessing_batch_goes_on_after_a_failed_customer(tmp_path):
+    bad, good = OTHER.customer_id, CUSTOMER.customer_id
+    # The failing customer comes first: the next one must still run.
+    proc, output, manifests = preprocess_batch(tmp_path, [OTHER, CUSTOMER], days=3, tamper=bad)
+    assert proc.returncode == 1
+    assert sorted(p.name for p in (output / good).iterdir()) == [
+        "devices.json",
+        "load.parquet",
+        "quality.json",
+    ]
+    assert not (output / bad).exists()
+    message = (tmp_path / "opt/ml/output/message").read_text()
+    uri = manifests[bad]["files"][0]["uri"]
+    assert message.startswith(f"1 of 2 customers failed: customer '{bad}', file '{uri}': ")
+    assert "content changed since it was validated" in message
+    lines = reports(proc.stdout)
+    assert sorted(lines) == [f"failed[{bad}]", f"report[{good}]"]
+    assert message == "1 of 2 customers failed: " + lines[f"failed[{bad}]"]
+
+
+def test_training_batch_goes_on_after_a_failed_customer(batch_pipeline, tmp_path):
+    bad, good = OTHER.customer_id, CUSTOMER.customer_id
+    load = batch_pipeline["preprocessed"] / good / "load.parquet"
+    proc, ml = train_batch(tmp_path, {good: load, bad: None})
+    assert proc.returncode == 1
+    assert (ml / "model" / good / "model.joblib").exists()
+    assert (ml / "output/data" / good / "holdout.csv").exists()
+    assert not (ml / "model" / bad).exists()
+    assert (ml / "output/failure").read_text() == (
+        f"1 of 2 customers failed: customer '{bad}': training channel has no {bad}/load.parquet"
+    )
+    assert sorted(reports(proc.stdout)) == [f"failed[{bad}]", f"report[{good}]"]
+
+
+def test_inference_batch_goes_on_after_a_failed_customer(batch_pipeline, tmp_path):
+    bad, good = OTHER.customer_id, CUSTOMER.customer_id
+    model, load = batch_pipeline["model"], batch_pipeline["preprocessed"] / good / "load.parquet"
+    proc, output = infer_batch(
+        tmp_path, {bad: ("v2", model / bad, None), good: ("v1", model / good, load)}
+    )
+    assert proc.returncode == 1
+    assert (output / good / "forecast.parquet").exists()
+    assert not (output / bad).exists()
+    message = (tmp_path / "opt/ml/output/message").read_text()
+    history = tmp_path / "opt/ml/processing/input/history" / bad
+    assert message == f"1 of 2 customers failed: customer '{bad}': no load.parquet in {history}"
+    assert sorted(reports(proc.stdout)) == [f"failed[{bad}]", f"report[{good}]"]
+
+
+def test_inference_batch_refuses_an_entry_without_model_version(tmp_path):
+    ml = tmp_path / "opt" / "ml"
+    batch = write_batch(ml / "processing/input/batch", [{"customer_id": "a"}])
+    script = install_bundle("inference", ml / "processing/input/code")
+    proc = run(script, ["--batch", str(batch)], {"SM_OUTPUT_DIR": str(ml / "output")}, tmp_path)
+    assert proc.returncode == 1
+    assert (ml / "output/message").read_text() == (
+        f"BatchFileError: batch file {batch}: customer 'a' has no \"model_version\" string"
+    )
+
+
+def load_script(job: str) -> ModuleType:
+    """A job script imported into this process, for what needs no run of its own."""
+    path = CONTAINERS_DIR / job / ENTRY_SCRIPTS[job]  # type: ignore[index]
+    spec = importlib.util.spec_from_file_location(f"{job}_script", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved  # the script puts its own folder first
+    return module
+
+
+def test_training_batch_refuses_a_customer_id_hyperparameter(tmp_path, monkeypatch):
+    batch = write_batch(tmp_path / "batch", [{"customer_id": "a"}]).parent
+    write_hyperparameters(tmp_path / "config", {"customer_id": "a", **TRAIN_HPS})
+    monkeypatch.setenv("SM_CHANNEL_BATCH", str(batch))
+    monkeypatch.setenv("SM_INPUT_CONFIG_DIR", str(tmp_path / "config"))
+    with pytest.raises(ValueError, match="hyperparameter customer_id names one customer"):
+        load_script("training").main(Report())
+
+
+@pytest.mark.parametrize(
+    ("job", "args", "error"),
+    [
+        ("preprocessing", ["--customer-id", "a", "--batch", "b.json"], "not allowed with"),
+        ("preprocessing", ["--batch", "b.json", "--manifest", "m.json"], "--manifest is for one"),
+        ("preprocessing", ["--customer-id", "a", "--manifest-dir", "m"], "--manifest-dir is for"),
+        ("preprocessing", [], "one of the arguments --customer-id --batch is required"),
+        ("inference", ["--batch", "b.json", "--model-version", "v1"], "--model-version is for"),
+        ("inference", ["--customer-id", "a"], "required: --model-version"),
+    ],
+)
+def test_batch_and_single_arguments_do_not_mix(capsys, job, args, error):
+    with pytest.raises(SystemExit) as info:
+        load_script(job).parse_args(args)
+    assert info.value.code == 2
+    assert error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("job", ["preprocessing", "inference"])
+def test_batch_arguments_default_to_sagemaker_paths(job):
+    args = load_script(job).parse_args(["--batch", "/opt/ml/processing/input/batch/batch.json"])
+    assert args.output_dir.parent == Path("/opt/ml/processing/output")
+    if job == "preprocessing":
+        assert args.manifest_dir == Path("/opt/ml/processing/input/manifest")
+        assert args.manifest is None
+
+
+# The batch file and the loop over its customers -------------------------------------------------
+
+
+def test_read_batch_keeps_order_and_extra_fields(tmp_path):
+    path = write_batch(
+        tmp_path, [{"customer_id": "b", "model_version": "v9"}, {"customer_id": "a"}]
+    )
+    assert read_batch(path) == [{"customer_id": "b", "model_version": "v9"}, {"customer_id": "a"}]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (None, "does not exist"),
+        ("{not json", "cannot be read as JSON"),
+        ('["a"]', '"customers" must be a non-empty list'),
+        ("{}", '"customers" must be a non-empty list'),
+        ('{"customers": []}', '"customers" must be a non-empty list'),
+        ('{"customers": {"customer_id": "a"}}', '"customers" must be a non-empty list'),
+        ('{"customers": ["a"]}', 'customers[0] must be an object with a "customer_id" string'),
+        ('{"customers": [{"id": "a"}]}', 'customers[0] must be an object with a "customer_id"'),
+        ('{"customers": [{"customer_id": "a"}, {"customer_id": 7}]}', "customers[1] must be"),
+        ('{"customers": [{"customer_id": "../x"}]}', "cannot name a folder"),
+        ('{"customers": [{"customer_id": ""}]}', "cannot name a folder"),
+        ('{"customers": [{"customer_id": "a"}, {"customer_id": "a"}]}', "'a' is listed twice"),
+    ],
+)
+def test_read_batch_refuses_a_malformed_file_naming_it(tmp_path, content, error):
+    path = tmp_path / "batch.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(BatchFileError) as info:
+        read_batch(path)
+    assert str(info.value).startswith(f"batch file {path}")
+    assert error in str(info.value)
+
+
+def test_read_batch_requires_the_named_fields(tmp_path):
+    path = write_batch(tmp_path, [{"customer_id": "a", "model_version": 3}])
+    with pytest.raises(BatchFileError, match="customer 'a' has no \"model_version\" string"):
+        read_batch(path, required=("model_version",))
+
+
+def test_run_each_goes_on_after_failures_and_sums_them_up(capsys):
+    def work(entry):
+        customer = entry["customer_id"]
+        if customer == "b":
+            raise ValueError("customer 'b', file 'x.csv': broken")
+        if customer == "c":
+            raise KeyError("energy_kwh")  # names no customer: the reason gets one
+        return {"rows": len(customer)}
+
+    entries = [{"customer_id": c} for c in ("b", "a", "c", "dd")]
+    with pytest.raises(BatchFailed) as info:
+        run_each(Report(), entries, work)
+    assert str(info.value) == (
+        "2 of 4 customers failed: customer 'b', file 'x.csv': broken; "
+        "customer 'c': KeyError: 'energy_kwh'"
+    )
+    out = capsys.readouterr().out
+    assert reports(out) == {
+        "failed[b]": "customer 'b', file 'x.csv': broken",
+        "report[a]": {"rows": 1},
+        "failed[c]": "customer 'c': KeyError: 'energy_kwh'",
+        "report[dd]": {"rows": 2},
+    }
+    assert list(reports(out)) == ["failed[b]", "report[a]", "failed[c]", "report[dd]"]
+
+
+def test_run_each_without_failures_returns(capsys):
+    run_each(Report(), [{"customer_id": "a"}], lambda entry: {"ok": True})
+    assert 'report[a]: {"ok": true}' in capsys.readouterr().out

@@ -125,3 +125,50 @@ def test_run_job_writes_the_reason_and_exits_1(monkeypatch, tmp_path, capsys, ki
     assert info.value.code == 1
     assert (tmp_path / name).read_text() == "ValueError: customer 'c1': no load data"
     assert "Traceback" in capsys.readouterr().err
+
+
+class FakePipes:
+    """Records what a PipesReport sends, as dagster_pipes' context would receive it."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, object]] = []
+
+    def report_asset_materialization(self, metadata):
+        self.sent.append(("materialization", metadata))
+
+    def report_custom_message(self, payload):
+        json.dumps(payload)  # Pipes sends it as JSON
+        self.sent.append(("custom", payload))
+
+
+def test_pipes_report_without_a_customer_materializes_the_asset(capsys):
+    pipes = FakePipes()
+    runtime.PipesReport(pipes).materialization({"rows": 3})
+    assert pipes.sent == [("materialization", {"rows": 3})]
+    assert capsys.readouterr().out == 'report: {"rows": 3}\n'
+
+
+def test_pipes_report_with_a_customer_sends_a_custom_message(capsys):
+    pipes = FakePipes()
+    report = runtime.PipesReport(pipes)
+    report.materialization({"rows": 3, "start": "2025-11-01"}, customer="a")
+    report.customer_failure("b", "customer 'b', file 'x.csv': broken")
+    assert pipes.sent == [
+        ("custom", {"customer_id": "a", "metadata": {"rows": 3, "start": "2025-11-01"}}),
+        ("custom", {"customer_id": "b", "error": "customer 'b', file 'x.csv': broken"}),
+    ]
+    assert capsys.readouterr().out == (
+        'report[a]: {"rows": 3, "start": "2025-11-01"}\n'
+        "failed[b]: customer 'b', file 'x.csv': broken\n"
+    )
+
+
+def test_run_job_writes_a_job_failed_message_as_it_is(monkeypatch, tmp_path):
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(tmp_path))
+
+    def main(report):
+        raise runtime.JobFailed("1 of 2 customers failed: customer 'b': no data")
+
+    with pytest.raises(SystemExit):
+        runtime.run_job("processing", main)
+    assert (tmp_path / "message").read_text() == "1 of 2 customers failed: customer 'b': no data"

@@ -8,6 +8,11 @@ Outputs (ProcessingOutputs, uploaded by SageMaker):
   /opt/ml/processing/output/preprocessed/devices.json   one entry per device (vendor, first/last reading)
   /opt/ml/processing/output/preprocessed/quality.json   duplicates, conflicts, filled and missing readings
 
+Batch mode (``--batch <batch input>/batch.json`` instead of ``--customer-id``; see
+forecast_core.batch) does the same for each customer ``<c>`` of the batch, in folders named after
+it: raw files under ``<raw-dir>/<c>/``, the manifest at ``<manifest-dir>/<c>/raw_load.json``,
+outputs in ``<output-dir>/<c>/``. ``--interval`` and ``--max-fill-gap`` apply to every customer.
+
 Only files listed in the manifest are read, and each must still have the SHA-256 it was validated
 with: a file rewritten after validation fails the job instead of slipping in unchecked.
 """
@@ -18,12 +23,15 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
+from forecast_core.batch import read_batch, run_each
 from forecast_core.cleaning import deduplicate, regularize
 from forecast_core.runtime import Report, run_job
 from forecast_core.vendors import VENDORS_BY_NAME, MeterFileError, parse_meter_file
@@ -37,29 +45,43 @@ class InputError(ValueError):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customer-id", required=True)
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer-id")
+    who.add_argument("--batch", type=Path, help="batch.json: preprocess each customer it lists")
     parser.add_argument("--raw-dir", type=Path, default=PROCESSING / "input" / "raw")
-    parser.add_argument(
-        "--manifest", type=Path, default=PROCESSING / "input" / "manifest" / "raw_load.json"
-    )
+    parser.add_argument("--manifest", type=Path, help="one customer's raw_load.json")
+    parser.add_argument("--manifest-dir", type=Path, help="batch: holds <customer>/raw_load.json")
     parser.add_argument("--output-dir", type=Path, default=PROCESSING / "output" / "preprocessed")
     parser.add_argument("--interval", default="1h", help="target resolution, e.g. 1h or 30min")
     parser.add_argument("--max-fill-gap", default="1h", help="longest gap filled by interpolation")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    manifests = PROCESSING / "input" / "manifest"
+    if args.batch is None:
+        if args.manifest_dir is not None:
+            parser.error("--manifest-dir is for --batch; one customer takes --manifest")
+        args.manifest = args.manifest or manifests / "raw_load.json"
+    else:
+        if args.manifest is not None:
+            parser.error("--manifest is for one customer; --batch takes --manifest-dir")
+        args.manifest_dir = args.manifest_dir or manifests
+    return args
 
 
-def load_files(args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, dict]]:
-    manifest = json.loads(args.manifest.read_text())
-    customer = args.customer_id
+def load_files(
+    customer: str, raw_dir: Path, manifest_path: Path
+) -> tuple[pd.DataFrame, dict[str, dict]]:
+    if not manifest_path.exists():
+        raise InputError(f"customer '{customer}': no manifest at {manifest_path}")
+    manifest = json.loads(manifest_path.read_text())
     if manifest.get("customer_id") != customer:
         raise InputError(
-            f"customer '{customer}': manifest {args.manifest} is for customer "
+            f"customer '{customer}': manifest {manifest_path} is for customer "
             f"'{manifest.get('customer_id')}'"
         )
     frames = []
     device_vendor: dict[str, dict] = {}
     for entry in manifest["files"]:
-        path = args.raw_dir / entry["relative_path"]
+        path = raw_dir / entry["relative_path"]
         uri = entry["uri"]
         if not path.exists():
             raise InputError(f"customer '{customer}', file '{uri}': was not staged into {path}")
@@ -83,30 +105,41 @@ def load_files(args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, dict]]
     return pd.concat(frames, ignore_index=True), device_vendor
 
 
-def main(report: Report, argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    readings, device_vendor = load_files(args)
+def describe_devices(readings: pd.DataFrame, device_vendor: dict[str, dict]) -> list[dict]:
+    """devices.json: each device's vendor, first and last reading, and number of readings."""
+    return [
+        {
+            "device_id": str(device),
+            "vendor": device_vendor[str(device)]["vendor"],
+            "first_reading": group["timestamp"].min().isoformat(),
+            "last_reading": group["timestamp"].max().isoformat(),
+            "readings": len(group),
+        }
+        for device, group in readings.groupby("device_id", sort=True)
+    ]
+
+
+def preprocess(
+    report: Report,
+    customer: str,
+    raw_dir: Path,
+    manifest: Path,
+    output_dir: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Preprocess one customer's files into ``output_dir``; returns the metadata to report."""
+    readings, device_vendor = load_files(customer, raw_dir, manifest)
     report.log(f"parsed {len(readings)} readings from {len(device_vendor)} device(s)")
     readings, dedup = deduplicate(readings)
     try:
         table, gaps = regularize(readings, args.interval, args.max_fill_gap)
     except ValueError as exc:
-        raise InputError(f"customer '{args.customer_id}': {exc}") from exc
+        raise InputError(f"customer '{customer}': {exc}") from exc
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(args.output_dir / "load.parquet", index=False)
-    devices = []
-    for device, group in readings.groupby("device_id", sort=True):
-        devices.append(
-            {
-                "device_id": str(device),
-                "vendor": device_vendor[str(device)]["vendor"],
-                "first_reading": group["timestamp"].min().isoformat(),
-                "last_reading": group["timestamp"].max().isoformat(),
-                "readings": len(group),
-            }
-        )
-    (args.output_dir / "devices.json").write_text(json.dumps(devices, indent=2))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(output_dir / "load.parquet", index=False)
+    devices = describe_devices(readings, device_vendor)
+    (output_dir / "devices.json").write_text(json.dumps(devices, indent=2))
     quality = {
         "input_readings": int(len(readings) + dedup.exact_duplicates),
         "exact_duplicates_dropped": dedup.exact_duplicates,
@@ -118,21 +151,37 @@ def main(report: Report, argv: list[str] | None = None) -> None:
         "native_interval_minutes": gaps.native_interval_minutes,
         "interval": args.interval,
     }
-    (args.output_dir / "quality.json").write_text(json.dumps(quality, indent=2))
+    (output_dir / "quality.json").write_text(json.dumps(quality, indent=2))
 
-    report.materialization(
-        {
-            "rows": len(table),
-            "devices": len(devices),
-            "start": table["timestamp"].min().isoformat(),
-            "end": table["timestamp"].max().isoformat(),
-            "gap_ratio": round(float(table["is_gap"].mean()), 6),
-            "exact_duplicates_dropped": dedup.exact_duplicates,
-            "conflicting_readings": dedup.conflicts,
-            "filled_readings": gaps.filled_readings,
-            "long_gaps": len(gaps.long_gaps),
-        }
-    )
+    return {
+        "rows": len(table),
+        "devices": len(devices),
+        "start": table["timestamp"].min().isoformat(),
+        "end": table["timestamp"].max().isoformat(),
+        "gap_ratio": round(float(table["is_gap"].mean()), 6),
+        "exact_duplicates_dropped": dedup.exact_duplicates,
+        "conflicting_readings": dedup.conflicts,
+        "filled_readings": gaps.filled_readings,
+        "long_gaps": len(gaps.long_gaps),
+    }
+
+
+def main(report: Report, argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.batch is None:
+        customer = args.customer_id
+        report.materialization(
+            preprocess(report, customer, args.raw_dir, args.manifest, args.output_dir, args)
+        )
+        return
+
+    def one(entry: Mapping[str, Any]) -> dict[str, Any]:
+        customer = entry["customer_id"]
+        manifest = args.manifest_dir / customer / "raw_load.json"
+        raw_dir, output_dir = args.raw_dir / customer, args.output_dir / customer
+        return preprocess(report, customer, raw_dir, manifest, output_dir, args)
+
+    run_each(report, read_batch(args.batch), one)
 
 
 if __name__ == "__main__":

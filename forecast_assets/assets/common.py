@@ -9,28 +9,147 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from forecast_assets import paths
 from forecast_assets.customers import InvalidCustomerIdError, validate_customer_id
+from resources.jobs.base import CompletedJob
 from resources.storage import ObjectStore, join_uri
 
 GROUP = "forecasting"
 
+# Dagster pools that cap how many SageMaker jobs run at once, one per kind of job because
+# SageMaker's instance quotas are per instance type *for processing* or *for training*. Set their
+# limits in the instance (dagster.yaml's default, or `dagster instance concurrency set`).
+PROCESSING_POOL = "sagemaker-processing"
+TRAINING_POOL = "sagemaker-training"
 
-def customer_id(context: dg.AssetExecutionContext) -> str:
-    """The run's customer, validated before it is used in a path, a job name or a query."""
+
+def customer_ids(context: dg.AssetExecutionContext) -> list[str]:
+    """The step's customers, validated before they are used in a path, a job name or a query.
+
+    One for a per-customer run (sensor, schedules, a one-run-per-customer backfill); several
+    when a batched backfill gives the step a range of partitions (see ``backfill_policy``).
+    """
     try:
-        return validate_customer_id(context.partition_key)
+        return [validate_customer_id(key) for key in context.partition_keys]
     except InvalidCustomerIdError as exc:
         raise dg.Failure(description=str(exc)) from exc
 
 
-def job_tags(context: dg.AssetExecutionContext, customer: str) -> dict[str, str]:
+def job_label(customers: list[str]) -> str:
+    """The customer part of a job's name: the customer, or ``batch<n>`` for a batch job."""
+    return customers[0] if len(customers) == 1 else f"batch{len(customers)}"
+
+
+def job_tags(context: dg.AssetExecutionContext, customers: list[str]) -> dict[str, str]:
     """Tags put on every job, so a job in the SageMaker console leads back to its Dagster run."""
+    partition = customers[0] if len(customers) == 1 else f"{customers[0]}...{customers[-1]}"
     return {
         "dagster/run-id": context.run_id,
         "dagster/asset": context.asset_key.to_user_string(),
-        "dagster/partition": customer,
-        "forecast-assets/customer": customer,
+        "dagster/partition": partition,
+        "forecast-assets/customer": partition,
+        "forecast-assets/customers": str(len(customers)),
     }
+
+
+def materialize_result(
+    context: dg.AssetExecutionContext,
+    per_customer: dict[str, dict[str, Any]],
+    shared: dict[str, Any],
+    check_results: dict[str, list[dg.AssetCheckResult]] | None = None,
+    **kwargs: Any,
+) -> dg.MaterializeResult:
+    """One materialization per customer, each with its own metadata.
+
+    A step for one customer returns its metadata directly. A batch step attaches each
+    customer's metadata to that customer's partition (Dagster records one materialization per
+    partition) and the shared metadata, such as the job that did the work, to all of them.
+    """
+    checks = combine_checks(check_results or {})
+    if len(per_customer) == 1:
+        (metadata,) = per_customer.values()
+        return dg.MaterializeResult(metadata={**shared, **metadata}, check_results=checks, **kwargs)
+    for customer, metadata in per_customer.items():
+        context.add_asset_metadata(metadata, partition_key=customer)
+    return dg.MaterializeResult(
+        metadata={**shared, "batch_customers": len(per_customer)}, check_results=checks, **kwargs
+    )
+
+
+def combine_checks(by_customer: dict[str, list[dg.AssetCheckResult]]) -> list[dg.AssetCheckResult]:
+    """Each check's results for a step's customers, as one result per check.
+
+    Checks are evaluated per step, and a batch step covers several partitions: a check passes
+    only if it passed for every customer, and its metadata names the customers it failed for.
+    """
+    if len(by_customer) <= 1:
+        return next(iter(by_customer.values()), [])
+    combined = []
+    names = [result.check_name for result in next(iter(by_customer.values()))]
+    for name in names:
+        results = {
+            customer: next(r for r in checks if r.check_name == name)
+            for customer, checks in by_customer.items()
+        }
+        failed = sorted(c for c, r in results.items() if not r.passed)
+        first = next(iter(results.values()))
+        combined.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not failed,
+                severity=first.severity,
+                description=f"failed for {len(failed)} of {len(results)} customers: "
+                + ", ".join(failed)
+                if failed
+                else f"passed for all {len(results)} customers",
+                metadata={
+                    "customers": len(results),
+                    "failed_customers": dg.MetadataValue.json(failed),
+                    "by_customer": dg.MetadataValue.json(
+                        {c: {k: v.value for k, v in r.metadata.items()} for c, r in results.items()}
+                    ),
+                },
+            )
+        )
+    return combined
+
+
+def stage_batch_file(store: ObjectStore, job: str, entries: list[dict[str, Any]]) -> str:
+    """Write the ``batch.json`` a batch job reads (which customers, in order, with their
+    parameters) as the job's ``batch`` input; returns the input's prefix."""
+    prefix = paths.job_input(store, job, "batch")
+    store.write_bytes(join_uri(prefix, "batch.json"), json.dumps({"customers": entries}).encode())
+    return prefix + "/"
+
+
+def stage_per_customer(store: ObjectStore, job: str, name: str, sources: dict[str, str]) -> str:
+    """Copy each customer's object to the batch job's input ``name``, in a folder per customer.
+
+    The copies stay with the job, so a batch reads exactly what was current when it was
+    launched; returns the input's prefix.
+    """
+    prefix = paths.job_input(store, job, name)
+    for customer, uri in sources.items():
+        store.copy_object(uri, join_uri(prefix, customer, uri.rsplit("/", 1)[-1]))
+    return prefix + "/"
+
+
+def job_reports(job: CompletedJob, customers: list[str]) -> dict[str, dict[str, Any]]:
+    """What the job reported for each customer: one materialization, or one message each."""
+    if len(customers) == 1:
+        return {customers[0]: job.reported_metadata()}
+    reported = job.reported_by_customer()
+    return {customer: reported.get(customer, {}) for customer in customers}
+
+
+def fail_for_customers(problems: dict[str, str], total: int, what: str) -> None:
+    """Fail the step when any of its customers cannot go on, naming each and why."""
+    if problems:
+        raise dg.Failure(
+            description=f"{len(problems)} of {total} customer(s) {what}:\n"
+            + "\n".join(problems.values()),
+            metadata={"failed_customers": dg.MetadataValue.json(sorted(problems))},
+        )
 
 
 def promote(store: ObjectStore, staging_prefix: str, target_uris: dict[str, str]) -> None:

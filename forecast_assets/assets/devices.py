@@ -3,7 +3,7 @@
 import dagster as dg
 
 from forecast_assets import paths
-from forecast_assets.assets.common import GROUP, customer_id, read_json
+from forecast_assets.assets.common import GROUP, customer_ids, materialize_result, read_json
 from forecast_assets.assets.preprocessed import preprocessed_load
 from forecast_assets.partitions import customers_partitions_def
 from resources.database import Database
@@ -26,17 +26,16 @@ def device_registry(
     device_id) in the database (PostgreSQL in production, SQLite locally). Re-registering a
     device widens its first/last reading, never narrows it.
     """
-    customer = customer_id(context)
-    devices = read_json(store, paths.preprocessed(store, customer, "devices.json"))
-    counts = database.upsert_devices(customer, devices)
-    table = database.devices(customer)
-    return dg.MaterializeResult(
-        metadata={
+    per_customer = {}
+    for customer in customer_ids(context):
+        devices = read_json(store, paths.preprocessed(store, customer, "devices.json"))
+        counts = database.upsert_devices(customer, devices)
+        table = database.devices(customer)
+        per_customer[customer] = {
             "devices": len(table),
             "new_devices": counts["new"],
             "updated_devices": counts["updated"],
             "vendors": ", ".join(sorted(table["vendor"].unique())) if len(table) else "",
-            "table": "devices",
             "dagster/row_count": len(table),
         }
-    )
+    return materialize_result(context, per_customer, {"table": "devices"})

@@ -6,7 +6,19 @@ import dagster as dg
 from pydantic import Field
 
 from forecast_assets import paths
-from forecast_assets.assets.common import GROUP, customer_id, job_tags, promote, read_parquet
+from forecast_assets.assets.common import (
+    GROUP,
+    PROCESSING_POOL,
+    customer_ids,
+    fail_for_customers,
+    job_label,
+    job_reports,
+    job_tags,
+    materialize_result,
+    read_parquet,
+    stage_batch_file,
+    stage_per_customer,
+)
 from forecast_assets.assets.model import load_forecast_model
 from forecast_assets.assets.preprocessed import preprocessed_load
 from forecast_assets.partitions import customers_partitions_def
@@ -20,7 +32,7 @@ from resources.jobs.requests import (
     processing_job_request,
     processing_local_path,
 )
-from resources.storage import ObjectStore
+from resources.storage import ObjectStore, join_uri
 
 
 class ForecastConfig(dg.Config):
@@ -36,6 +48,7 @@ class ForecastConfig(dg.Config):
     partitions_def=customers_partitions_def,
     group_name=GROUP,
     kinds={"sagemaker", "parquet", "postgres"},
+    pool=PROCESSING_POOL,
 )
 def load_forecast(
     context: dg.AssetExecutionContext,
@@ -52,27 +65,49 @@ def load_forecast(
     resolution. Published at ``forecasts/<customer>/forecast.parquet`` and in table
     ``forecasts`` (a retried run replaces its own rows).
     """
-    customer = customer_id(context)
-    model = database.latest_approved_model(customer)
-    if model is None:
-        raise dg.Failure(
-            description=f"customer '{customer}': no approved model to forecast with; materialize "
+    customers = customer_ids(context)
+    models = {c: database.latest_approved_model(c) for c in customers}
+    fail_for_customers(
+        {
+            c: f"customer '{c}': no approved model to forecast with; materialize "
             "models/load_forecast_model (its quality gate must pass)"
-        )
+            for c, model in models.items()
+            if model is None
+        },
+        len(customers),
+        "cannot be forecast",
+    )
+    approved = {c: model for c, model in models.items() if model is not None}
     code_uri, entry = launcher.publish_code("inference")
-    name = job_name("inference", customer, context.run_id, context.retry_number)
+    name = job_name("inference", job_label(customers), context.run_id, context.retry_number)
     staging = paths.job_output(store, name, "forecast")
     issued_at = datetime.now(UTC).isoformat()
+    if len(customers) == 1:
+        (customer,) = customers
+        arguments = ["--customer-id", customer, "--model-version", approved[customer].version]
+        inputs = [
+            JobInput("model", approved[customer].model_uri),
+            JobInput("history", paths.preprocessed(store, customer)),
+        ]
+        staged = {customer: join_uri(staging, "forecast.parquet")}
+    else:
+        entries = [{"customer_id": c, "model_version": approved[c].version} for c in customers]
+        arguments = ["--batch", f"{processing_local_path('input', 'batch')}/batch.json"]
+        model_uris = {c: approved[c].model_uri for c in customers}
+        history_uris = {c: paths.preprocessed(store, c) for c in customers}
+        inputs = [
+            JobInput("batch", stage_batch_file(store, name, entries)),
+            JobInput("model", stage_per_customer(store, name, "model", model_uris)),
+            JobInput("history", stage_per_customer(store, name, "history", history_uris)),
+        ]
+        staged = {c: join_uri(staging, c, "forecast.parquet") for c in customers}
     request = processing_job_request(
         name=name,
-        settings=launcher.settings_for("inference"),
+        settings=launcher.settings_for("inference").for_batch(len(customers), "inference"),
         role_arn=launcher.role_arn,
         entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/bootstrap.py", entry],
         arguments=[
-            "--customer-id",
-            customer,
-            "--model-version",
-            model.version,
+            *arguments,
             "--model-dir",
             processing_local_path("input", "model"),
             "--history-dir",
@@ -84,36 +119,33 @@ def load_forecast(
             "--issued-at",
             issued_at,
         ],
-        inputs=[
-            JobInput("code", code_uri),
-            JobInput("model", model.model_uri),
-            JobInput("history", paths.preprocessed(store, customer)),
-        ],
+        inputs=[JobInput("code", code_uri), *inputs],
         outputs=[JobOutput("forecast", staging)],
-        tags=job_tags(context, customer),
+        tags=job_tags(context, customers),
         platform=launcher.platform,
     )
     job = launcher.run_processing_job(
-        context=context, request=request, extras={"customer_id": customer}
+        context=context, request=request, extras={"customer_ids": customers}
     )
 
-    target = paths.forecast(store, customer)
-    promote(store, staging, {"forecast.parquet": target})
-    forecast = read_parquet(store, target)
-    rows = database.replace_forecast(customer, context.run_id, forecast)
-    return dg.MaterializeResult(
-        metadata={
-            **job.reported_metadata(),
-            **job.metadata(),
+    reports = job_reports(job, customers)
+    per_customer = {}
+    for customer in customers:
+        target = paths.forecast(store, customer)
+        store.copy_object(staged[customer], target)  # promote: atomic replace
+        forecast = read_parquet(store, target)
+        rows = database.replace_forecast(customer, context.run_id, forecast)
+        per_customer[customer] = {
+            **reports[customer],
             "rows": rows,
             "devices": int(forecast["device_id"].nunique()),
             "start": forecast["timestamp"].min().isoformat(),
             "end": forecast["timestamp"].max().isoformat(),
             "total_kwh": round(float(forecast["energy_kwh"].sum()), 2),
-            "model_version": model.version,
-            "issued_at": issued_at,
+            "model_version": approved[customer].version,
             "uri": dg.MetadataValue.url(target),
-            "table": "forecasts",
             "dagster/row_count": rows,
         }
+    return materialize_result(
+        context, per_customer, {**job.metadata(), "issued_at": issued_at, "table": "forecasts"}
     )

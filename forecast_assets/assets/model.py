@@ -3,13 +3,28 @@
 import io
 import json
 import tarfile
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from forecast_assets import paths
-from forecast_assets.assets.common import GROUP, customer_id, job_tags
+from forecast_assets.assets.common import (
+    GROUP,
+    TRAINING_POOL,
+    customer_ids,
+    fail_for_customers,
+    job_label,
+    job_reports,
+    job_tags,
+    materialize_result,
+    stage_batch_file,
+    stage_per_customer,
+)
 from forecast_assets.assets.preprocessed import preprocessed_load
 from forecast_assets.partitions import customers_partitions_def
 from forecast_core.metrics import quality_gate
@@ -58,12 +73,66 @@ class TrainingConfig(dg.Config):
         return {k: v for k, v in self.model_dump().items() if k not in gate_fields}
 
 
-def read_training_output(store: ObjectStore, uri: str) -> tuple[dict, pd.DataFrame]:
-    """metrics.json and holdout.csv from a training job's output.tar.gz."""
+def read_training_outputs(
+    store: ObjectStore, uri: str, members: dict[str, str]
+) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """metrics.json and holdout.csv of each customer from a training job's output.tar.gz.
+
+    ``members`` maps each customer to its folder in the archive ("" for a one-customer job).
+    """
+    found = {}
     with tarfile.open(fileobj=io.BytesIO(store.read_bytes(uri))) as tar:
-        metrics = json.load(tar.extractfile("metrics.json"))  # type: ignore[arg-type]
-        holdout = pd.read_csv(tar.extractfile("holdout.csv"), parse_dates=["timestamp"])  # type: ignore[arg-type]
-    return metrics, holdout
+        names = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
+        for customer, folder in members.items():
+            try:
+                metrics = json.load(tar.extractfile(names[f"{folder}metrics.json"]))  # type: ignore[arg-type]
+                holdout = pd.read_csv(
+                    tar.extractfile(names[f"{folder}holdout.csv"]),  # type: ignore[arg-type]
+                    parse_dates=["timestamp"],
+                )
+            except KeyError as exc:
+                raise dg.Failure(
+                    description=f"customer '{customer}': the training job wrote no {exc.args[0]} "
+                    f"in {uri}"
+                ) from exc
+            found[customer] = (metrics, holdout)
+    return found
+
+
+def split_model_archive(
+    store: ObjectStore, archive_uri: str, job: str, customers: list[str]
+) -> dict[str, str]:
+    """Give each customer of a batch training job its own model.tar.gz; returns their URIs.
+
+    The batch job's model directory holds a folder per customer. Each becomes a self-contained
+    artifact at the place a one-customer job would have put it, so the model registry and
+    inference never need to know the model was trained in a batch.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "batch.tar.gz"
+        store.download_file(archive_uri, local)
+        with ExitStack() as stack:
+            parts = {
+                c: stack.enter_context(tarfile.open(Path(tmp) / f"{c}.tar.gz", "w:gz"))
+                for c in customers
+            }
+            with tarfile.open(local) as tar:
+                for member in tar:  # streamed: the batch archive is never held in memory
+                    customer, _, inner = member.name.removeprefix("./").partition("/")
+                    if customer in parts and inner and member.isfile():
+                        member.name = inner
+                        parts[customer].addfile(member, tar.extractfile(member))
+        uris = {}
+        for customer in customers:
+            with tarfile.open(Path(tmp) / f"{customer}.tar.gz") as part:
+                if "model.joblib" not in part.getnames():
+                    raise dg.Failure(
+                        description=f"customer '{customer}': the batch training job {job} "
+                        f"wrote no model for it in {archive_uri}"
+                    )
+            uris[customer] = paths.model_artifact(store, customer, job)
+            store.upload_file(Path(tmp) / f"{customer}.tar.gz", uris[customer])
+    return uris
 
 
 def holdout_table(holdout: pd.DataFrame, timezone: str) -> dg.TableMetadataValue:
@@ -106,6 +175,7 @@ def holdout_table(holdout: pd.DataFrame, timezone: str) -> dg.TableMetadataValue
     partitions_def=customers_partitions_def,
     group_name=GROUP,
     kinds={"sagemaker", "scikitlearn"},
+    pool=TRAINING_POOL,
     check_specs=[
         dg.AssetCheckSpec(
             "quality_gate",
@@ -132,36 +202,89 @@ def load_forecast_model(
     normalization parameters and metrics. Each version is recorded in the model registry
     (table ``model_versions``): Approved when it passes the quality gate, else Rejected.
     """
-    customer = customer_id(context)
-    train_uri = paths.preprocessed(store, customer)
-    if not store.exists(train_uri):
-        raise dg.Failure(
-            description=f"customer '{customer}': {train_uri} is missing; materialize preprocessed/load first"
-        )
+    customers = customer_ids(context)
+    fail_for_customers(
+        {
+            c: f"customer '{c}': {paths.preprocessed(store, c)} is missing; materialize "
+            "preprocessed/load first"
+            for c in customers
+            if not store.exists(paths.preprocessed(store, c))
+        },
+        len(customers),
+        "cannot be trained",
+    )
     code_uri, program = launcher.publish_code("training")
-    name = job_name("training", customer, context.run_id, context.retry_number)
+    name = job_name("training", job_label(customers), context.run_id, context.retry_number)
+    hyperparameters = config.hyperparameters()
+    if len(customers) == 1:
+        (customer,) = customers
+        hyperparameters["customer_id"] = customer
+        channels = [JobInput("train", paths.preprocessed(store, customer))]
+        output_uri = paths.models_prefix(store, customer)
+        checkpoint_uri = paths.checkpoints(store, customer)
+    else:
+        sources = {c: paths.preprocessed(store, c) for c in customers}
+        channels = [
+            JobInput("train", stage_per_customer(store, name, "train", sources)),
+            JobInput(
+                "batch", stage_batch_file(store, name, [{"customer_id": c} for c in customers])
+            ),
+        ]
+        # The batch's archives stay with the job; each customer's model is split out below.
+        output_uri = store.uri("jobs")
+        checkpoint_uri = store.uri("checkpoints", "batches", name)
     request = training_job_request(
         name=name,
-        settings=launcher.settings_for("training"),
+        settings=launcher.settings_for("training").for_batch(len(customers), "training"),
         role_arn=launcher.role_arn,
         program=program,
         source_uri=code_uri,
-        hyperparameters={**config.hyperparameters(), "customer_id": customer},
-        channels=[JobInput("train", train_uri)],
-        output_uri=paths.models_prefix(store, customer),
-        tags=job_tags(context, customer),
+        hyperparameters=hyperparameters,
+        channels=channels,
+        output_uri=output_uri,
+        tags=job_tags(context, customers),
         platform=launcher.platform,
-        checkpoint_uri=paths.checkpoints(store, customer),
+        checkpoint_uri=checkpoint_uri,
     )
     job = launcher.run_training_job(
-        context=context, request=request, extras={"customer_id": customer}
+        context=context, request=request, extras={"customer_ids": customers}
     )
 
     # Where this job put them: a relaunched attempt may carry another name than the request.
-    model_uri = job.output_uris.get("model") or model_artifact_uri(request)
-    summary, holdout = read_training_output(
-        store, job.output_uris.get("output") or output_data_uri(request)
-    )
+    archive_uri = job.output_uris.get("model") or model_artifact_uri(request)
+    outputs_uri = job.output_uris.get("output") or output_data_uri(request)
+    if len(customers) == 1:
+        model_uris = {customers[0]: archive_uri}
+        outputs = read_training_outputs(store, outputs_uri, {customers[0]: ""})
+    else:
+        model_uris = split_model_archive(store, archive_uri, job.name, customers)
+        outputs = read_training_outputs(store, outputs_uri, {c: f"{c}/" for c in customers})
+
+    reports = job_reports(job, customers)
+    per_customer, checks = {}, {}
+    for customer in customers:
+        summary, holdout = outputs[customer]
+        per_customer[customer], checks[customer] = register(
+            context, config, database, customer, job.name, model_uris[customer], summary, holdout
+        )
+        per_customer[customer] = {**reports[customer], **per_customer[customer]}
+    return materialize_result(context, per_customer, job.metadata(), checks)
+
+
+def register(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    database: Database,
+    customer: str,
+    version: str,
+    model_uri: str,
+    summary: dict,
+    holdout: pd.DataFrame,
+) -> tuple[dict[str, Any], list[dg.AssetCheckResult]]:
+    """Gate one customer's new model and record it in the model registry.
+
+    Returns the materialization's metadata and the quality_gate check result.
+    """
     model_metrics, baseline = summary["model"], summary["baseline_seasonal_naive"]
     gate = quality_gate(
         model_metrics,
@@ -169,9 +292,9 @@ def load_forecast_model(
         min_r2=config.min_r2,
         require_beating_baseline=config.require_beating_baseline,
     )
-    version = database.register_model(
+    registered = database.register_model(
         customer_id=customer,
-        version=job.name,
+        version=version,
         model_uri=model_uri,
         metrics=summary,
         gate_passed=gate.passed,
@@ -181,36 +304,30 @@ def load_forecast_model(
     )
     if not gate.passed:
         context.log.warning(
-            f"customer '{customer}': model {job.name} failed its quality gate: {'; '.join(gate.reasons)}"
+            f"customer '{customer}': model {version} failed its quality gate: {'; '.join(gate.reasons)}"
         )
-    gate_metadata = {
-        "r2": round(model_metrics["r2"], 4),
-        "min_r2": config.min_r2,
-        "wape": round(model_metrics["wape"], 3),
-        "baseline_wape": round(baseline["wape"], 3),
-        "model_version": job.name,
+    metadata = {
+        "model_version": version,
+        "model_uri": dg.MetadataValue.url(model_uri),
+        "approval_status": registered.status,
+        **{f"model_{k}": round(v, 4) for k, v in model_metrics.items() if k != "n"},
+        **{f"baseline_{k}": round(v, 4) for k, v in baseline.items() if k != "n"},
+        "wape_ratio_model_to_baseline": round(summary["wape_ratio"], 4),
+        "holdout": holdout_table(holdout, config.timezone),
+        "holdout_hours": summary["holdout_hours"],
+        "train_rows": summary["train_rows"],
     }
-    return dg.MaterializeResult(
+    check = dg.AssetCheckResult(
+        check_name="quality_gate",
+        passed=gate.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="passed" if gate.passed else "; ".join(gate.reasons),
         metadata={
-            **job.reported_metadata(),
-            **job.metadata(),
-            "model_version": job.name,
-            "model_uri": dg.MetadataValue.url(model_uri),
-            "approval_status": version.status,
-            **{f"model_{k}": round(v, 4) for k, v in model_metrics.items() if k != "n"},
-            **{f"baseline_{k}": round(v, 4) for k, v in baseline.items() if k != "n"},
-            "wape_ratio_model_to_baseline": round(summary["wape_ratio"], 4),
-            "holdout": holdout_table(holdout, config.timezone),
-            "holdout_hours": summary["holdout_hours"],
-            "train_rows": summary["train_rows"],
+            "r2": round(model_metrics["r2"], 4),
+            "min_r2": config.min_r2,
+            "wape": round(model_metrics["wape"], 3),
+            "baseline_wape": round(baseline["wape"], 3),
+            "model_version": version,
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="quality_gate",
-                passed=gate.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description="passed" if gate.passed else "; ".join(gate.reasons),
-                metadata=gate_metadata,
-            )
-        ],
     )
+    return metadata, [check]

@@ -1,5 +1,7 @@
 """preprocessed/load: one regular load table per customer, made by a SageMaker Processing job."""
 
+import json
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -7,11 +9,18 @@ from pydantic import Field
 from forecast_assets import paths
 from forecast_assets.assets.common import (
     GROUP,
-    customer_id,
+    PROCESSING_POOL,
+    customer_ids,
+    fail_for_customers,
+    job_label,
+    job_reports,
     job_tags,
+    materialize_result,
     promote,
     read_json,
     read_parquet,
+    stage_batch_file,
+    stage_per_customer,
 )
 from forecast_assets.assets.raw import raw_load
 from forecast_assets.partitions import customers_partitions_def
@@ -24,7 +33,7 @@ from resources.jobs.requests import (
     processing_job_request,
     processing_local_path,
 )
-from resources.storage import ObjectStore
+from resources.storage import ObjectStore, join_uri
 
 KEY = dg.AssetKey(["preprocessed", "load"])
 
@@ -87,6 +96,7 @@ def quality_checks(table: pd.DataFrame, config: PreprocessingConfig) -> list[dg.
     partitions_def=customers_partitions_def,
     group_name=GROUP,
     kinds={"sagemaker", "parquet"},
+    pool=PROCESSING_POOL,
     check_specs=[
         dg.AssetCheckSpec(
             "no_duplicate_readings",
@@ -124,28 +134,51 @@ def preprocessed_load(
     Published at ``preprocessed/<customer>/load.parquet``, with ``devices.json`` and
     ``quality.json`` beside it.
     """
-    customer = customer_id(context)
-    manifest_uri = paths.raw_manifest(store, customer)
-    if not store.exists(manifest_uri):
-        raise dg.Failure(
-            description=f"customer '{customer}': no validated raw files ({manifest_uri} is "
+    customers = customer_ids(context)
+    fail_for_customers(
+        {
+            c: f"customer '{c}': no validated raw files ({paths.raw_manifest(store, c)} is "
             "missing); materialize landing/raw_load first"
-        )
+            for c in customers
+            if not store.exists(paths.raw_manifest(store, c))
+        },
+        len(customers),
+        "cannot be preprocessed",
+    )
     code_uri, entry = launcher.publish_code("preprocessing")
-    name = job_name("preprocessing", customer, context.run_id, context.retry_number)
+    name = job_name("preprocessing", job_label(customers), context.run_id, context.retry_number)
     staging = paths.job_output(store, name, "preprocessed")
+    if len(customers) == 1:
+        (customer,) = customers
+        arguments = [
+            "--customer-id",
+            customer,
+            "--manifest",
+            f"{processing_local_path('input', 'manifest')}/raw_load.json",
+        ]
+        inputs = [
+            JobInput("raw", paths.raw_sagemaker_manifest(store, customer), "ManifestFile"),
+            JobInput("manifest", paths.raw_manifest(store, customer)),
+        ]
+        staged = {customer: staging}
+    else:
+        arguments = [
+            "--batch",
+            f"{processing_local_path('input', 'batch')}/batch.json",
+            "--manifest-dir",
+            processing_local_path("input", "manifest"),
+        ]
+        inputs = stage_batch_inputs(store, name, customers)
+        staged = {c: join_uri(staging, c) for c in customers}
     request = processing_job_request(
         name=name,
-        settings=launcher.settings_for("preprocessing"),
+        settings=launcher.settings_for("preprocessing").for_batch(len(customers), "preprocessing"),
         role_arn=launcher.role_arn,
         entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/bootstrap.py", entry],
         arguments=[
-            "--customer-id",
-            customer,
+            *arguments,
             "--raw-dir",
             processing_local_path("input", "raw"),
-            "--manifest",
-            f"{processing_local_path('input', 'manifest')}/raw_load.json",
             "--output-dir",
             processing_local_path("output", "preprocessed"),
             "--interval",
@@ -153,27 +186,24 @@ def preprocessed_load(
             "--max-fill-gap",
             config.max_fill_gap,
         ],
-        inputs=[
-            JobInput("code", code_uri),
-            JobInput("raw", paths.raw_sagemaker_manifest(store, customer), "ManifestFile"),
-            JobInput("manifest", manifest_uri),
-        ],
+        inputs=[JobInput("code", code_uri), *inputs],
         outputs=[JobOutput("preprocessed", staging)],
-        tags=job_tags(context, customer),
+        tags=job_tags(context, customers),
         platform=launcher.platform,
     )
     job = launcher.run_processing_job(
-        context=context, request=request, extras={"customer_id": customer}
+        context=context, request=request, extras={"customer_ids": customers}
     )
 
-    targets = {name: paths.preprocessed(store, customer, name) for name in paths.PREPROCESSED_FILES}
-    promote(store, staging, targets)
-    table = read_parquet(store, targets["load.parquet"])
-    quality = read_json(store, targets["quality.json"])
-    return dg.MaterializeResult(
-        metadata={
-            **job.reported_metadata(),
-            **job.metadata(),
+    reports = job_reports(job, customers)
+    per_customer, checks = {}, {}
+    for customer in customers:
+        targets = {f: paths.preprocessed(store, customer, f) for f in paths.PREPROCESSED_FILES}
+        promote(store, staged[customer], targets)
+        table = read_parquet(store, targets["load.parquet"])
+        quality = read_json(store, targets["quality.json"])
+        per_customer[customer] = {
+            **reports[customer],
             "rows": len(table),
             "devices": int(table["device_id"].nunique()),
             "start": table["timestamp"].min().isoformat(),
@@ -185,6 +215,28 @@ def preprocessed_load(
             "long_gaps": dg.MetadataValue.json(quality["long_gaps"]),
             "uri": dg.MetadataValue.url(targets["load.parquet"]),
             "dagster/row_count": len(table),
-        },
-        check_results=quality_checks(table, config),
-    )
+        }
+        checks[customer] = quality_checks(table, config)
+    return materialize_result(context, per_customer, job.metadata(), checks)
+
+
+def stage_batch_inputs(store: ObjectStore, job: str, customers: list[str]) -> list[JobInput]:
+    """A batch job's inputs: ``raw/<customer>/...`` and ``manifest/<customer>/raw_load.json``.
+
+    The raw files are not copied: one ManifestFile lists every customer's validated files
+    relative to the landing root, so SageMaker stages them into a folder per customer.
+    """
+    root = paths.landing_root(store)
+    entries: list[str] = []
+    for customer in customers:
+        manifest = read_json(store, paths.raw_manifest(store, customer))
+        prefix = manifest["landing_prefix"][len(root) :]
+        entries += [f"{prefix}{f['relative_path']}" for f in manifest["files"]]
+    raw_manifest = join_uri(paths.job_input(store, job, "raw"), "raw.manifest")
+    store.write_bytes(raw_manifest, json.dumps([{"prefix": root}, *entries]).encode())
+    manifests = {c: paths.raw_manifest(store, c) for c in customers}
+    return [
+        JobInput("batch", stage_batch_file(store, job, [{"customer_id": c} for c in customers])),
+        JobInput("raw", raw_manifest, "ManifestFile"),
+        JobInput("manifest", stage_per_customer(store, job, "manifest", manifests)),
+    ]

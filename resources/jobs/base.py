@@ -53,6 +53,20 @@ class CompletedJob:
                 merged.update(result.metadata)
         return merged
 
+    def reported_by_customer(self) -> dict[str, dict[str, Any]]:
+        """Per-customer metadata a batch job reported (Pipes custom messages), by customer id.
+
+        A batch job covers several partitions, so its script reports each customer's results as
+        ``{"customer_id": ..., "metadata": {...}}`` rather than as one materialization.
+        """
+        reported: dict[str, dict[str, Any]] = {}
+        if self.invocation is None:
+            return reported
+        for message in self.invocation.get_custom_messages():
+            if isinstance(message, dict) and "metadata" in message and "customer_id" in message:
+                reported.setdefault(str(message["customer_id"]), {}).update(message["metadata"])
+        return reported
+
     def metadata(self) -> dict[str, Any]:
         """What every asset records about the job that produced it."""
         meta: dict[str, Any] = {

@@ -7,6 +7,9 @@ import dagster as dg
 JobName = Literal["preprocessing", "training", "inference"]
 JOB_NAMES: tuple[JobName, ...] = ("preprocessing", "training", "inference")
 
+# Upper bounds of StoppingCondition.MaxRuntimeInSeconds (and training's MaxWaitTimeInSeconds).
+MAX_RUNTIME_SECONDS = {"processing": 777_600, "training": 2_419_200}
+
 # Stands in for an execution role where none is needed (the local launcher never assumes it).
 LOCAL_ROLE_ARN = "arn:aws:iam::000000000000:role/forecast-assets-local"
 
@@ -23,6 +26,22 @@ class JobSettings(dg.Config):
     spot_max_wait_seconds: int = 0
     """Training only: above 0, managed spot training that may wait this long in all (at least
     max_runtime_seconds), checkpointing to S3 so an interrupted job resumes."""
+
+    def for_batch(self, customers: int, job: "JobName") -> "JobSettings":
+        """The settings for one job that processes ``customers`` customers one after another.
+
+        The time limits are per customer, so a batch gets that many times each, up to what
+        SageMaker accepts for the kind of job.
+        """
+        if customers <= 1:
+            return self
+        cap = MAX_RUNTIME_SECONDS["training" if job == "training" else "processing"]
+        return self.model_copy(
+            update={
+                "max_runtime_seconds": min(self.max_runtime_seconds * customers, cap),
+                "spot_max_wait_seconds": min(self.spot_max_wait_seconds * customers, cap),
+            }
+        )
 
 
 class PlatformSettings(dg.Config):

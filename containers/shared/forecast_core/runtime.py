@@ -72,23 +72,50 @@ def write_failure(kind: JobKind, reason: str) -> None:
     )
 
 
-class Report:
-    """Where a job script reports what it produced. Outside Dagster it prints to stdout."""
+class JobFailed(Exception):
+    """A failure whose message is already the job's whole reason: written without a type name."""
 
-    def materialization(self, metadata: Mapping[str, Any]) -> None:
-        print("report:", json.dumps(dict(metadata), default=str, sort_keys=True), flush=True)
+
+class Report:
+    """Where a job script reports what it produced. Outside Dagster it prints to stdout.
+
+    ``customer`` names which customer of a batch job the report is about; a one-customer job
+    leaves it out.
+    """
+
+    def materialization(self, metadata: Mapping[str, Any], customer: str | None = None) -> None:
+        label = "report:" if customer is None else f"report[{customer}]:"
+        print(label, json.dumps(dict(metadata), default=str, sort_keys=True), flush=True)
+
+    def customer_failure(self, customer: str, reason: str) -> None:
+        """One customer of a batch job failed; the job goes on with the others."""
+        print(f"failed[{customer}]: {reason}", flush=True)
 
     def log(self, message: str) -> None:
         print(message, flush=True)
 
 
 class PipesReport(Report):
+    """Reports to Dagster through a Pipes session, and to stdout as well.
+
+    A batch job's step covers many partitions, so a customer's result travels as a custom message
+    (``{"customer_id", "metadata"}`` or ``{"customer_id", "error"}``) for the Dagster side to
+    turn into that partition's materialization, never as this step's own materialization.
+    """
+
     def __init__(self, pipes: Any):
         self._pipes = pipes
 
-    def materialization(self, metadata: Mapping[str, Any]) -> None:
-        super().materialization(metadata)
-        self._pipes.report_asset_materialization(metadata=dict(metadata))
+    def materialization(self, metadata: Mapping[str, Any], customer: str | None = None) -> None:
+        super().materialization(metadata, customer)
+        if customer is None:
+            self._pipes.report_asset_materialization(metadata=dict(metadata))
+        else:
+            self._pipes.report_custom_message({"customer_id": customer, "metadata": dict(metadata)})
+
+    def customer_failure(self, customer: str, reason: str) -> None:
+        super().customer_failure(customer, reason)
+        self._pipes.report_custom_message({"customer_id": customer, "error": reason})
 
     def log(self, message: str) -> None:
         super().log(message)
@@ -127,7 +154,7 @@ def run_job(kind: JobKind, main: Callable[[Report], None]) -> None:
         with open_report() as report:
             main(report)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
         write_failure(kind, reason)
         traceback.print_exc(file=sys.stderr)
         sys.exit(1)
