@@ -34,7 +34,7 @@ from dagster_pipes import decode_param
 
 import resources.storage as storage_module
 from forecast_assets import paths
-from forecast_assets.assets.common import promote
+from forecast_assets.assets.common import promote, stage_batch_file
 from resources.jobs.requests import (
     JobInput,
     JobOutput,
@@ -485,10 +485,12 @@ def _processing_request(store: S3ObjectStore, name: str, script: str) -> dict[st
 
 
 def _training_request(store: S3ObjectStore, name: str, script: str) -> dict[str, Any]:
-    """As load_forecast_model builds it: script mode, preprocessed channel, models/ output."""
+    """As load_forecast_model builds it: script mode, preprocessed channel, models/ output; plus
+    the batch.json input a batch job reads from under jobs/<name>/input/."""
     source = store.uri("code", "training", name, "sourcedir.tar.gz")
     store.write_bytes(source, _tarball({"train.py": script}))
     store.write_bytes(paths.preprocessed(store, "acme"), b"parquet bytes")
+    batch = stage_batch_file(store, name, [{"customer_id": "acme"}])
     return training_job_request(
         name=name,
         settings=SETTINGS,
@@ -496,7 +498,7 @@ def _training_request(store: S3ObjectStore, name: str, script: str) -> dict[str,
         program="train.py",
         source_uri=source,
         hyperparameters={"n_estimators": 10},
-        channels=[JobInput("train", paths.preprocessed(store, "acme"))],
+        channels=[JobInput("train", paths.preprocessed(store, "acme")), JobInput("batch", batch)],
         output_uri=paths.models_prefix(store, "acme"),
         tags={"forecast-assets/customer": "acme"},
     )

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from forecast_assets.assets import ALL_ASSETS
-from forecast_assets.definitions import resources_for
+from forecast_assets.definitions import assets_with_batches, resources_for
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from forecast_assets.jobs import ALL_JOBS
 from resources.database import Database
@@ -39,11 +39,9 @@ def env_example() -> dict[str, str]:
     return values
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_forecast_job_in_the_sagemaker_environment(
-    aws_env, make_bucket, postgres_url, monkeypatch, tmp_path
-):
+@pytest.fixture
+def sagemaker_env(aws_env, make_bucket, postgres_url, monkeypatch) -> dict[str, Any]:
+    """The `sagemaker` environment configured only through the .env.example variables."""
     bucket = make_bucket()
     settings = {
         **env_example(),
@@ -74,10 +72,23 @@ def test_forecast_job_in_the_sagemaker_environment(
         max_poll_seconds=1.0,
         message_interval_seconds=0.5,
     )
-    data_store = S3ObjectStore(bucket=bucket, prefix="fa")
+    return {
+        "bucket": bucket,
+        "settings": settings,
+        "data_store": S3ObjectStore(bucket=bucket, prefix="fa"),
+        "resources": resources,
+        "postgres_url": postgres_url,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_forecast_job_in_the_sagemaker_environment(sagemaker_env, tmp_path):
+    bucket, settings = sagemaker_env["bucket"], sagemaker_env["settings"]
+    data_store, postgres_url = sagemaker_env["data_store"], sagemaker_env["postgres_url"]
     customer = DEMO_CUSTOMERS[1]
     land(data_store, [customer.customer_id], days=75)
-    defs = dg.Definitions(assets=ALL_ASSETS, jobs=ALL_JOBS, resources=resources)
+    defs = dg.Definitions(assets=ALL_ASSETS, jobs=ALL_JOBS, resources=sagemaker_env["resources"])
 
     with (
         FakeSageMakerClient(store=data_store, jobs_root=tmp_path / "jobs") as fake,
@@ -136,3 +147,70 @@ def test_forecast_job_in_the_sagemaker_environment(
     assert approved is not None and approved.model_uri.startswith(f"s3://{bucket}/fa/models/")
     assert len(database.latest_forecast(customer.customer_id)) == 48 * customer.devices
     assert data_store.exists(data_store.uri("forecasts", customer.customer_id, "forecast.parquet"))
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_batch_of_customers_runs_as_one_sagemaker_job_per_step(sagemaker_env, tmp_path):
+    bucket, data_store = sagemaker_env["bucket"], sagemaker_env["data_store"]
+    customers = [DEMO_CUSTOMERS[0], DEMO_CUSTOMERS[2]]
+    ids = [c.customer_id for c in customers]
+    land(data_store, ids, days=75)
+    defs = dg.Definitions(
+        assets=assets_with_batches(2), jobs=ALL_JOBS, resources=sagemaker_env["resources"]
+    )
+    with (
+        FakeSageMakerClient(store=data_store, jobs_root=tmp_path / "jobs") as fake,
+        dg.instance_for_test() as instance,
+    ):
+        _FAKES.append(fake)
+        instance.add_dynamic_partitions("customers", ids)
+        result = defs.resolve_job_def("forecast_job").execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": ids[0],
+                "dagster/asset_partition_range_end": ids[-1],
+            },
+            run_config={"ops": {"models__load_forecast_model": {"config": {"n_estimators": 30}}}},
+            raise_on_error=False,
+        )
+        failures = [
+            e.step_failure_data.error.message
+            for e in result.all_events
+            if e.is_step_failure and e.step_failure_data.error
+        ]
+        assert result.success, failures
+        creates = [(op, kw) for op, kw in fake.calls if op.startswith("Create")]
+
+    # One job per step for both customers, reading a folder per customer.
+    assert [op for op, _ in creates] == [
+        "CreateProcessingJob",
+        "CreateTrainingJob",
+        "CreateProcessingJob",
+    ]
+    preprocessing = creates[0][1]
+    raw = next(i for i in preprocessing["ProcessingInputs"] if i["InputName"] == "raw")
+    assert raw["S3Input"]["S3DataType"] == "ManifestFile"
+    tags = {t["Key"]: t["Value"] for t in preprocessing["Tags"]}
+    assert tags["forecast-assets/customers"] == "2"
+    assert tags["dagster/partition"] == f"{ids[0]}...{ids[1]}"
+    channels = {c["ChannelName"] for c in creates[1][1]["InputDataConfig"]}
+    assert channels == {"train", "batch"}
+
+    # Each partition got its own materialization with what the job reported for it via S3 Pipes.
+    by_partition: dict[str, dict] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key == dg.AssetKey(["models", "load_forecast_model"]):
+            by_partition[materialization.partition] = materialization.metadata
+    assert set(by_partition) == set(ids)
+    assert by_partition[ids[0]]["r2"].value != by_partition[ids[1]]["r2"].value
+    database = Database(url=sagemaker_env["postgres_url"])
+    for customer in customers:
+        approved = database.latest_approved_model(customer.customer_id)
+        assert approved is not None
+        assert approved.model_uri == (
+            f"s3://{bucket}/fa/models/{customer.customer_id}/{approved.version}/output/model.tar.gz"
+        )
+        assert data_store.exists(approved.model_uri)
+        assert len(database.latest_forecast(customer.customer_id)) == 48 * customer.devices
