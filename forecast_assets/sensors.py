@@ -42,12 +42,13 @@ already passed. Two ways that can be broken, both of which make the sensor miss 
 - A file in the local store given an OLDER mtime than the mark (``os.utime``, ``cp -p``,
   ``touch -d``, unpacking an archive): impossible in S3, easy by hand.
 - In S3, LastModified is when an upload *started* (for a multipart upload, when it was
-  initiated), but the object is listed only once the upload completes. If a tick lists while an
-  upload is in flight and sees a newer object from a faster upload, the mark passes the slow
-  upload's LastModified and it is missed when it completes. Meter files are single PUTs of well
-  under a second against a 60-second tick, so the window is small, but not zero for parallel
-  deliveries. Closing it means holding the mark back by the longest upload (objects newer than
-  ``now - settle`` wait for a later tick), at the cost of that much latency; not done here.
+  initiated), but the object is listed only once the upload completes. If a tick listed while
+  an upload was in flight and saw a newer object from a faster upload, the mark would pass the
+  slow upload's LastModified and miss it when it completes. So files younger than
+  ``SETTLE_SECONDS`` wait for a later tick: the mark only passes instants by which every upload
+  that started earlier has completed, if it took less than that. The cost is that much latency.
+  An upload slower than ``SETTLE_SECONDS`` (or a clock between S3 and the daemon off by more) can
+  still be missed.
 
 A re-upload of identical content gets a new LastModified with the same ETag. The cursor does
 not remember every ETag, so it counts as changed; Dagster drops the run only if an earlier run of
@@ -64,7 +65,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -78,9 +79,17 @@ from resources.storage import ObjectInfo, ObjectStore
 # customers drain over several ticks instead of flooding the run queue and the SageMaker quotas
 # in one.
 MAX_RUNS_PER_TICK = 25
+# Longer than a meter file's upload, with room for clock skew between S3 and the daemon; the
+# price is this much extra latency before a new file's run (see "What it assumes" above).
+SETTLE_SECONDS = 120
 CURSOR_VERSION = 1
 # Folders named in warnings per tick; the rest are only counted.
 MAX_LOGGED_FOLDERS = 20
+
+
+def now() -> datetime:
+    """The sensor's clock; a function of its own so tests can move it."""
+    return datetime.now(UTC)
 
 
 def landing_root(store: ObjectStore) -> str:
@@ -288,8 +297,15 @@ def raw_files_sensor(
     if len(ignored) > MAX_LOGGED_FOLDERS:
         context.log.warning(f"... and {len(ignored) - MAX_LOGGED_FOLDERS} more invalid folder(s)")
 
-    plan = plan_tick(files, LandingCursor.from_json(context.cursor))
+    cutoff = now() - timedelta(seconds=SETTLE_SECONDS)
+    settled = [f for f in files if f.info.last_modified <= cutoff]
+    plan = plan_tick(settled, LandingCursor.from_json(context.cursor))
     note = _ignored_note(ignored)
+    if len(settled) < len(files):
+        note += (
+            f"; {len(files) - len(settled)} file(s) younger than {SETTLE_SECONDS} s wait for a "
+            "later tick"
+        )
     if not plan.runs:
         return dg.SkipReason(
             f"no new or changed files under {landing} ({len(objects)} objects checked{note})"

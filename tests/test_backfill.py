@@ -20,15 +20,14 @@ from forecast_assets.environment import backfill_batch_size
 from resources.database import Database
 from resources.jobs.settings import MAX_RUNTIME_SECONDS, default_settings
 from resources.storage import LocalObjectStore
-from tests.conftest import land
-from tests.test_ui import (
+from tests.conftest import _free_port, land
+from tests.live_dagster import (
     REPO_ROOT,
-    _executable,
-    _free_port,
-    _GraphQL,
-    _stop,
-    _tail,
-    _wait_for_webserver,
+    GraphQL,
+    executable,
+    stop_process_group,
+    tail,
+    wait_for_webserver,
 )
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -352,7 +351,7 @@ def test_backfills_from_the_ui_and_the_command_line_run_batched_under_the_pool_c
         log = tmp_path / "dagster-dev.log"
         with log.open("wb") as log_file:
             process = subprocess.Popen(
-                [_executable("dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)],
+                [executable("dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log_file,
@@ -361,8 +360,8 @@ def test_backfills_from_the_ui_and_the_command_line_run_batched_under_the_pool_c
             )
         try:
             base_url = f"http://127.0.0.1:{port}"
-            _wait_for_webserver(process, base_url, log)
-            graphql = _GraphQL(base_url)
+            wait_for_webserver(process, base_url, log)
+            graphql = GraphQL(base_url)
 
             # The UI's "Launch backfill" for forecast_job's assets over every customer.
             keys = build_definitions("local").resolve_job_def("forecast_job")
@@ -374,22 +373,22 @@ def test_backfills_from_the_ui_and_the_command_line_run_batched_under_the_pool_c
             assert launched["__typename"] == "LaunchBackfillSuccess", launched
             ui_backfill = launched["backfillId"]
             status = wait_for_backfill(instance, ui_backfill, poll_seconds=2, timeout_seconds=600)
-            assert status.value == "COMPLETED_SUCCESS", _tail(log)
+            assert status.value == "COMPLETED_SUCCESS", tail(log)
 
             # The same from the command line: daily inference for every customer.
             cli = subprocess.run(
-                [_executable("forecast-backfill"), "--all", "--job", "inference_job", "--wait"],
+                [executable("forecast-backfill"), "--all", "--job", "inference_job", "--wait"],
                 cwd=REPO_ROOT,
                 env=env,
                 capture_output=True,
                 text=True,
                 timeout=600,
             )
-            assert cli.returncode == 0, cli.stdout + cli.stderr + _tail(log)
+            assert cli.returncode == 0, cli.stdout + cli.stderr + tail(log)
             assert "for 3 customer(s), 2 per run (about 2 runs)" in cli.stdout
             assert "COMPLETED_SUCCESS" in cli.stdout
         finally:
-            _stop(process)
+            stop_process_group(process)
 
         runs_by_backfill: dict[str, list[dg.DagsterRun]] = defaultdict(list)
         for run in instance.get_runs():

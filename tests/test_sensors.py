@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -29,6 +30,15 @@ from forecast_assets.sensors import MAX_RUNS_PER_TICK, raw_files_sensor
 from resources.storage import LocalObjectStore, ObjectStore, S3ObjectStore
 
 PARTITIONS = customers_partitions_def.name or "customers"
+
+
+@pytest.fixture(autouse=True)
+def settled_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ticks happen after the settle time: every file written so far is old enough to handle.
+    ``test_young_files_wait_*`` sets the clock itself."""
+    monkeypatch.setattr(
+        sensors, "now", lambda: datetime.now(UTC) + timedelta(seconds=sensors.SETTLE_SECONDS + 1)
+    )
 
 
 @dataclass
@@ -263,6 +273,36 @@ def test_a_file_older_than_the_mark_is_missed_as_documented(
     store.write_bytes(uri, b"2\n")
     set_mtime(store, uri, 1_600_000_000)
     assert isinstance(daemon.tick().result, dg.SkipReason)
+
+
+@pytest.mark.parametrize("settle", [sensors.SETTLE_SECONDS, 0])
+def test_young_files_wait_for_the_settle_time_so_a_slow_upload_is_not_missed(
+    daemon: Daemon, store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch, settle: int
+):
+    """S3 stamps an upload's start but lists it at its end: a slow upload started at T completes
+    after a fast one started at T+10 was listed. Without the settle time it is missed."""
+    start = 1_700_000_000
+    clock = [start + 20]
+    monkeypatch.setattr(sensors, "SETTLE_SECONDS", settle)
+    monkeypatch.setattr(sensors, "now", lambda: datetime.fromtimestamp(clock[0], tz=UTC))
+    fast = landing(store, "acme", "fast.csv")
+    store.write_bytes(fast, b"1\n")
+    set_mtime(store, fast, start + 10)
+
+    first = daemon.tick()  # the slow upload (globex, started at T) is still in flight
+    store.write_bytes(slow := landing(store, "globex", "slow.csv"), b"2\n")
+    set_mtime(store, slow, start)
+    clock[0] = start + 200
+    later = daemon.drain()
+
+    if settle:
+        assert first.skip_message.endswith(
+            f"(1 objects checked; 1 file(s) younger than {settle} s wait for a later tick)"
+        )
+        assert runs_by_customer(later) == {"acme": 1, "globex": 1}
+    else:  # what the settle time prevents
+        assert runs_by_customer([first]) == {"acme": 1}
+        assert runs_by_customer(later) == {}
 
 
 def test_invalid_customer_folders_are_ignored_with_a_message(

@@ -4,26 +4,27 @@ default run launcher in a separate process (the way a click on "Materialize" run
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
-import requests
 
 from resources.storage import LocalObjectStore
 from tests.conftest import _free_port, land
+from tests.live_dagster import (
+    REPO_ROOT,
+    GraphQL,
+    executable,
+    stop_process_group,
+    tail,
+    wait_for_webserver,
+)
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CUSTOMER = "polar-cold-storage"
 ASSET_KEYS = {
     dg.AssetKey(["landing", "raw_load"]),
@@ -32,7 +33,6 @@ ASSET_KEYS = {
     dg.AssetKey(["models", "load_forecast_model"]),
     dg.AssetKey(["forecasts", "load_forecast"]),
 }
-STARTUP_TIMEOUT = 120  # seconds until the webserver answers /server_info
 RUN_TIMEOUT = 600  # seconds until the launched run reaches a terminal status
 
 # Runs start at once, without a daemon: the webserver hands them straight to the run launcher.
@@ -46,17 +46,6 @@ run_launcher:
 telemetry:
   enabled: false
 """
-
-
-def _executable(name: str) -> str:
-    """The console script of the interpreter running the tests (the project's virtualenv)."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed")
-    return found
 
 
 def _dagster_home(tmp_path: Path) -> Path:
@@ -77,7 +66,7 @@ def _env(dagster_home: Path) -> dict[str, str]:
 def test_code_location_loads_from_workspace(data_home: Path, tmp_path: Path) -> None:
     dagster_home = _dagster_home(tmp_path)
     result = subprocess.run(
-        [_executable("dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        [executable("dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO_ROOT,
         env=_env(dagster_home),
         capture_output=True,
@@ -130,56 +119,6 @@ query Run($runId: ID!) {
 """
 
 
-class _GraphQL:
-    def __init__(self, base_url: str) -> None:
-        self.url = f"{base_url}/graphql"
-        self.session = requests.Session()
-        self.session.trust_env = False  # never through a proxy: the server is on 127.0.0.1
-
-    def __call__(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = self.session.post(
-            self.url, json={"query": query, "variables": variables or {}}, timeout=60
-        )
-        response.raise_for_status()
-        body = response.json()
-        assert not body.get("errors"), body["errors"]
-        return body["data"]
-
-
-def _wait_for_webserver(process: subprocess.Popen, base_url: str, log: Path) -> None:
-    session = requests.Session()
-    session.trust_env = False
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"dagster-webserver exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            if session.get(f"{base_url}/server_info", timeout=5).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"dagster-webserver did not answer within {STARTUP_TIMEOUT} s:\n{_tail(log)}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the webserver's whole process group (it, its code server, any run worker)."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # stragglers left in the group
-    process.wait(timeout=30)
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def _failure_report(instance: dg.DagsterInstance, run_id: str) -> str:
     out = []
     for entry in instance.all_logs(run_id):
@@ -213,7 +152,7 @@ def test_run_launched_through_webserver_graphql_succeeds(
         with log.open("wb") as log_file:
             process = subprocess.Popen(
                 [
-                    _executable("dagster-webserver"),
+                    executable("dagster-webserver"),
                     *("-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)),
                 ],
                 cwd=REPO_ROOT,
@@ -223,9 +162,9 @@ def test_run_launched_through_webserver_graphql_succeeds(
                 start_new_session=True,  # its own process group, stopped as a whole below
             )
         try:
-            _wait_for_webserver(process, base_url, log)
+            wait_for_webserver(process, base_url, log)
             print(f"webserver up in {time.monotonic() - started:.1f} s")
-            graphql = _GraphQL(base_url)
+            graphql = GraphQL(base_url)
 
             repositories = graphql(REPOSITORIES_QUERY)["repositoriesOrError"]
             assert repositories["__typename"] == "RepositoryConnection", repositories
@@ -264,17 +203,17 @@ def test_run_launched_through_webserver_graphql_succeeds(
                 if time.monotonic() > deadline:
                     pytest.fail(
                         f"run {run_id} still {run['status']} after {RUN_TIMEOUT} s:\n"
-                        f"{_failure_report(instance, run_id)}\n{_tail(log)}"
+                        f"{_failure_report(instance, run_id)}\n{tail(log)}"
                     )
                 time.sleep(2)
             print(f"run {run_id} {run['status']} in {time.monotonic() - launched_at:.1f} s")
             assert run["status"] == "SUCCESS", (
                 f"run {run_id} ended {run['status']}:\n{_failure_report(instance, run_id)}\n"
-                f"webserver log:\n{_tail(log)}"
+                f"webserver log:\n{tail(log)}"
             )
             assert {"key": "dagster/partition", "value": CUSTOMER} in run["tags"]
         finally:
-            _stop(process)
+            stop_process_group(process)
 
         forecast_key = dg.AssetKey(["forecasts", "load_forecast"])
         records = instance.fetch_materializations(
