@@ -264,6 +264,8 @@ def test_a_customer_failing_inside_a_batch_job_fails_the_step_and_publishes_noth
     message = failure.step_failure_data.error.message
     assert "1 of 2 customers failed" in message
     assert f"customer '{short}'" in message and "days of load data" in message
+    # Each failed customer's whole reason, as the job reported it through Pipes.
+    assert f"Each failed customer:\ncustomer '{short}': " in message
     # Preprocessing succeeded for both; no model was registered or published for either.
     assert store.exists(paths.preprocessed(store, good))
     database = Database()

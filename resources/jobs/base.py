@@ -1,7 +1,7 @@
 """The job-launching resource every asset uses, whatever runs the job."""
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -86,6 +86,22 @@ class CompletedJob:
 
 class JobFailedError(dg.Failure):
     """A job ended Failed or Stopped; the description carries the job's own reason."""
+
+
+def failure_detail(reason: str, messages: Sequence[Any]) -> str:
+    """A failed job's reason, followed by each failed customer's reason a batch job reported.
+
+    SageMaker keeps only the first 1 KB of a job's failure reason, which a batch of many failing
+    customers overflows; the per-customer reasons come whole through Pipes.
+    """
+    errors = [
+        str(m["error"])
+        for m in messages
+        if isinstance(m, dict) and "error" in m and "customer_id" in m
+    ]
+    if not errors:
+        return reason
+    return f"{reason}\nEach failed customer:\n" + "\n".join(errors)
 
 
 class JobLauncher(dg.ConfigurableResource, ABC):

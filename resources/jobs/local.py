@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 
 from resources.data_home import data_home
-from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher
+from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher, failure_detail
 from resources.jobs.sandbox import JobSandbox, JobSetupError, SandboxResult
 
 
@@ -80,7 +80,9 @@ def _completed(
     if result.status != "Completed":
         raise JobFailedError(
             description=f"{result.job_type} job {result.name} {result.status.lower()}: "
-            f"{result.failure_reason or 'no reason given'}",
+            + failure_detail(
+                result.failure_reason or "no reason given", invocation.get_custom_messages()
+            ),
             metadata={
                 "job_name": result.name,
                 "job_status": result.status,

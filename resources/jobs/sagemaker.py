@@ -42,7 +42,7 @@ from dagster._core.definitions.resource_annotation import TreatAsResourceParam
 from dagster_aws.pipes import PipesS3ContextInjector, PipesS3MessageReader
 from dagster_pipes import decode_param
 
-from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher
+from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher, failure_detail
 from resources.jobs.settings import JobName, JobSettings
 
 JobType = Literal["processing", "training"]
@@ -243,7 +243,10 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
         if status != "Completed":
             reason = description.get("FailureReason") or "no FailureReason given"
             exit_message = description.get("ExitMessage")
-            detail = reason + (f" | ExitMessage: {exit_message}" if exit_message else "")
+            detail = failure_detail(
+                reason + (f" | ExitMessage: {exit_message}" if exit_message else ""),
+                session.get_custom_messages(),
+            )
             raise JobFailedError(
                 description=f"{api.job_type} job {name} {status.lower()}: {detail}",
                 metadata=self._metadata(api, description),
