@@ -30,6 +30,14 @@ class FakeBackedLauncher(SageMakerJobLauncher):
         return {"sagemaker": _FAKES[-1], "logs": boto3.client("logs"), "s3": boto3.client("s3")}
 
 
+def step_failures(result: dg.ExecuteInProcessResult) -> list[str]:
+    return [
+        e.step_failure_data.error.message
+        for e in result.all_events
+        if e.is_step_failure and e.step_failure_data.error
+    ]
+
+
 def env_example() -> dict[str, str]:
     values = {}
     for line in ENV_EXAMPLE.read_text().splitlines():
@@ -102,12 +110,7 @@ def test_forecast_job_in_the_sagemaker_environment(sagemaker_env, tmp_path):
             run_config={"ops": {"models__load_forecast_model": {"config": {"n_estimators": 40}}}},
             raise_on_error=False,
         )
-        failures = [
-            e.step_failure_data.error.message
-            for e in result.all_events
-            if e.is_step_failure and e.step_failure_data.error
-        ]
-        assert result.success, failures
+        assert result.success, step_failures(result)
 
         creates = [(op, kw) for op, kw in fake.calls if op.startswith("Create")]
         logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
@@ -174,12 +177,7 @@ def test_a_batch_of_customers_runs_as_one_sagemaker_job_per_step(sagemaker_env, 
             run_config={"ops": {"models__load_forecast_model": {"config": {"n_estimators": 30}}}},
             raise_on_error=False,
         )
-        failures = [
-            e.step_failure_data.error.message
-            for e in result.all_events
-            if e.is_step_failure and e.step_failure_data.error
-        ]
-        assert result.success, failures
+        assert result.success, step_failures(result)
         creates = [(op, kw) for op, kw in fake.calls if op.startswith("Create")]
 
     # One job per step for both customers, reading a folder per customer.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -140,6 +141,25 @@ def job_reports(job: CompletedJob, customers: list[str]) -> dict[str, dict[str, 
         return {customers[0]: job.reported_metadata()}
     reported = job.reported_by_customer()
     return {customer: reported.get(customer, {}) for customer in customers}
+
+
+def require_inputs(
+    store: ObjectStore,
+    customers: list[str],
+    input_uri: Callable[[str], str],
+    upstream: str,
+    what: str,
+) -> None:
+    """Fail the step before any job starts if a customer's input is missing, naming each."""
+    fail_for_customers(
+        {
+            c: f"customer '{c}': {input_uri(c)} is missing; materialize {upstream} first"
+            for c in customers
+            if not store.exists(input_uri(c))
+        },
+        len(customers),
+        what,
+    )
 
 
 def fail_for_customers(problems: dict[str, str], total: int, what: str) -> None:

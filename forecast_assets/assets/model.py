@@ -17,11 +17,11 @@ from forecast_assets.assets.common import (
     GROUP,
     TRAINING_POOL,
     customer_ids,
-    fail_for_customers,
     job_label,
     job_reports,
     job_tags,
     materialize_result,
+    require_inputs,
     stage_batch_file,
     stage_per_customer,
 )
@@ -203,14 +203,11 @@ def load_forecast_model(
     (table ``model_versions``): Approved when it passes the quality gate, else Rejected.
     """
     customers = customer_ids(context)
-    fail_for_customers(
-        {
-            c: f"customer '{c}': {paths.preprocessed(store, c)} is missing; materialize "
-            "preprocessed/load first"
-            for c in customers
-            if not store.exists(paths.preprocessed(store, c))
-        },
-        len(customers),
+    require_inputs(
+        store,
+        customers,
+        lambda c: paths.preprocessed(store, c),
+        "preprocessed/load",
         "cannot be trained",
     )
     code_uri, program = launcher.publish_code("training")

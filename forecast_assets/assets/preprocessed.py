@@ -11,7 +11,6 @@ from forecast_assets.assets.common import (
     GROUP,
     PROCESSING_POOL,
     customer_ids,
-    fail_for_customers,
     job_label,
     job_reports,
     job_tags,
@@ -19,6 +18,7 @@ from forecast_assets.assets.common import (
     promote,
     read_json,
     read_parquet,
+    require_inputs,
     stage_batch_file,
     stage_per_customer,
 )
@@ -135,14 +135,11 @@ def preprocessed_load(
     ``quality.json`` beside it.
     """
     customers = customer_ids(context)
-    fail_for_customers(
-        {
-            c: f"customer '{c}': no validated raw files ({paths.raw_manifest(store, c)} is "
-            "missing); materialize landing/raw_load first"
-            for c in customers
-            if not store.exists(paths.raw_manifest(store, c))
-        },
-        len(customers),
+    require_inputs(
+        store,
+        customers,
+        lambda c: paths.raw_manifest(store, c),
+        "landing/raw_load",
         "cannot be preprocessed",
     )
     code_uri, entry = launcher.publish_code("preprocessing")
