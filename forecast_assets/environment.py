@@ -5,7 +5,7 @@ under the data home, the database is a SQLite file) or ``sagemaker`` (jobs run o
 objects on S3, the database is PostgreSQL; configured by the variables in ``.env.example``).
 Nothing else reads that variable; ``forecast_assets.definitions`` asks
 :func:`current_environment` and picks resources to match. How backfills are cut into runs is
-the other deployment choice read here (:func:`backfill_batch_size`).
+one of the other deployment choices read here (:func:`backfill_batch_size`,\n:func:`schedule_timezone`).
 """
 
 from __future__ import annotations
@@ -45,3 +45,21 @@ def backfill_batch_size() -> int:
             f"{BATCH_SIZE_VAR}={raw!r} is not a whole number from 1 to {MAX_BATCH_SIZE}"
         )
     return size
+
+
+TIMEZONE_VAR = "FORECAST_SCHEDULE_TIMEZONE"
+
+
+def schedule_timezone() -> str:
+    """The IANA time zone the schedules fire in, from ``FORECAST_SCHEDULE_TIMEZONE`` (default UTC).
+
+    Read when the code location loads, like the schedules' cron strings.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = os.environ.get(TIMEZONE_VAR, "").strip() or "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{TIMEZONE_VAR}={name!r} is not an IANA time zone name") from exc
+    return name

@@ -12,16 +12,18 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from forecast_assets.environment import schedule_timezone
 from forecast_assets.jobs import inference_job, training_job
 from forecast_assets.partitions import customers_partitions_def
 from resources.database import Database
 
-# The one setting for when schedules fire. UTC because the EventBridge rules this replaces ran in
-# UTC, so forecasts keep arriving when consumers expect them; and because 02:00 on a Sunday is the
-# very hour European clocks change (it does not exist on the last Sunday of March and happens
-# twice on the last Sunday of October in Europe/Berlin), which would move or skip the weekly
-# training. Set an IANA name such as "Europe/Berlin" here to follow local time instead.
-SCHEDULE_TIMEZONE = "UTC"
+# The one setting for when schedules fire, FORECAST_SCHEDULE_TIMEZONE. UTC by default because the
+# EventBridge rules this replaces ran in UTC, so forecasts keep arriving when consumers expect
+# them; and because 02:00 on a Sunday is the very hour European clocks change (it does not exist
+# on the last Sunday of March and happens twice on the last Sunday of October in Europe/Berlin),
+# which would move or skip the weekly training. An IANA name such as "Europe/Berlin" follows
+# local time instead.
+SCHEDULE_TIMEZONE = schedule_timezone()
 
 TRAINING_CRON = "0 2 * * 0"  # Sundays 02:00
 INFERENCE_CRON = "0 6 * * *"  # daily 06:00

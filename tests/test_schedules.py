@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 
 from forecast_assets.assets import ALL_ASSETS
 from forecast_assets.definitions import resources_for
+from forecast_assets.environment import schedule_timezone
 from forecast_assets.jobs import ALL_JOBS, inference_job, training_job
 from forecast_assets.partitions import customers_partitions_def
 from forecast_assets.schedules import (
@@ -63,6 +67,24 @@ def test_cron_strings_and_time_zone():
     assert daily_forecast_schedule.execution_timezone == SCHEDULE_TIMEZONE
     assert weekly_training_schedule.job_name == "training_job"
     assert daily_forecast_schedule.job_name == "inference_job"
+
+
+def test_time_zone_comes_from_the_environment(monkeypatch):
+    """The code location reads FORECAST_SCHEDULE_TIMEZONE when it loads (a fresh interpreter)."""
+    probe = (
+        "from forecast_assets.schedules import weekly_training_schedule as w, "
+        "daily_forecast_schedule as d; print(w.execution_timezone, d.execution_timezone)"
+    )
+    env = {**os.environ, "FORECAST_SCHEDULE_TIMEZONE": "Europe/Berlin"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.split() == ["Europe/Berlin", "Europe/Berlin"]
+    monkeypatch.setenv("FORECAST_SCHEDULE_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ValueError, match="FORECAST_SCHEDULE_TIMEZONE='Mars/Olympus'"):
+        schedule_timezone()
+    monkeypatch.delenv("FORECAST_SCHEDULE_TIMEZONE")
+    assert schedule_timezone() == "UTC"
 
 
 def test_jobs_select_the_training_and_inference_assets(data_home: Path):
