@@ -15,6 +15,7 @@ from forecast_assets.assets.common import (
     job_reports,
     job_tags,
     materialize_result,
+    promote,
     read_parquet,
     stage_batch_file,
     stage_per_customer,
@@ -89,7 +90,7 @@ def load_forecast(
             JobInput("model", approved[customer].model_uri),
             JobInput("history", paths.preprocessed(store, customer)),
         ]
-        staged = {customer: join_uri(staging, "forecast.parquet")}
+        staged = {customer: staging}
     else:
         entries = [{"customer_id": c, "model_version": approved[c].version} for c in customers]
         arguments = ["--batch", f"{processing_local_path('input', 'batch')}/batch.json"]
@@ -100,7 +101,7 @@ def load_forecast(
             JobInput("model", stage_per_customer(store, name, "model", model_uris)),
             JobInput("history", stage_per_customer(store, name, "history", history_uris)),
         ]
-        staged = {c: join_uri(staging, c, "forecast.parquet") for c in customers}
+        staged = {c: join_uri(staging, c) for c in customers}
     request = processing_job_request(
         name=name,
         settings=launcher.settings_for("inference").for_batch(len(customers), "inference"),
@@ -132,7 +133,7 @@ def load_forecast(
     per_customer = {}
     for customer in customers:
         target = paths.forecast(store, customer)
-        store.copy_object(staged[customer], target)  # promote: atomic replace
+        promote(store, staged[customer], {"forecast.parquet": target})
         forecast = read_parquet(store, target)
         rows = database.replace_forecast(customer, context.run_id, forecast)
         per_customer[customer] = {
