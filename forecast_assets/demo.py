@@ -69,24 +69,12 @@ def _metadata(result: dg.ExecuteInProcessResult, key: Sequence[str]) -> dict:
 def _gate(result: dg.ExecuteInProcessResult) -> str:
     for event in result.get_asset_check_evaluations():
         if event.check_name == "quality_gate":
-            return "PASSED" if event.passed else "FAILED"
+            return "APPROVED" if event.passed else "REJECTED"
     return "not evaluated"
 
 
-def rejected_by_gate(result: dg.ExecuteInProcessResult) -> bool:
-    """The run stopped only because the model failed its quality gate: the gate worked."""
-    failed_steps = {e.step_key for e in result.all_events if e.is_step_failure}
-    return _gate(result) == "FAILED" and failed_steps == {"models__load_forecast_model"}
-
-
 def summary_line(customer: str, result: dg.ExecuteInProcessResult) -> str:
-    if rejected_by_gate(result):
-        model = _metadata(result, ["models", "load_forecast_model"])
-        return (
-            f"{customer:<20} model REJECTED by its quality gate (R² {model.get('model_r2', float('nan')):.3f}, "
-            f"WAPE {model.get('model_wape', float('nan')):.1f}% vs baseline "
-            f"{model.get('baseline_wape', float('nan')):.1f}%): no forecast from it"
-        )
+    """One line per customer: data, the new model against naive, and what forecast it got."""
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         error = failures[0].step_failure_data.error if failures else None
@@ -96,12 +84,14 @@ def summary_line(customer: str, result: dg.ExecuteInProcessResult) -> str:
     pre = _metadata(result, ["preprocessed", "load"])
     model = _metadata(result, ["models", "load_forecast_model"])
     forecast = _metadata(result, ["forecasts", "load_forecast"])
+    reused = " (reused)" if forecast.get("reused") else ""
     return (
         f"{customer:<20} {pre.get('rows', 0):>7} rows {pre.get('devices', 0)} devices | "
-        f"R² {model.get('model_r2', float('nan')):.3f} "
-        f"WAPE {model.get('model_wape', float('nan')):.1f}% vs baseline "
-        f"{model.get('baseline_wape', float('nan')):.1f}% | gate {_gate(result)} | "
-        f"{forecast.get('rows', 0)} forecast rows -> {forecast.get('uri', '-')}"
+        f"model {model.get('model_version', '?')[-24:]}: WAPE "
+        f"{model.get('model_wape', float('nan')):.1f}% vs naive "
+        f"{model.get('baseline_wape', float('nan')):.1f}%, {_gate(result)} | "
+        f"forecast{reused} by {forecast.get('source', '?')}: {forecast.get('rows', 0)} rows -> "
+        f"{forecast.get('uri', '-')}"
     )
 
 
@@ -134,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert customers_partitions_def.name is not None
     instance.add_dynamic_partitions(customers_partitions_def.name, customers)
     job = defs.resolve_job_def("forecast_job")
-    failed = forecast = 0
+    failed = 0
     for customer in customers:
         result = job.execute_in_process(
             instance=instance,
@@ -143,11 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The full event log is in the instance (make ui); the terminal gets one line each.
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
-        # A model rejected by its gate is the gate working, not the demo failing.
-        failed += not (result.success or rejected_by_gate(result))
-        forecast += result.success
+        # A model rejected by its gate is the gate working: the customer is still forecast.
+        failed += not result.success
         print(summary_line(customer, result), flush=True)
-    print(f"{forecast} of {len(customers)} customer(s) forecast, {failed} failed")
+    print(f"{len(customers) - failed} of {len(customers)} customer(s) forecast, {failed} failed")
     return 1 if failed else 0
 
 

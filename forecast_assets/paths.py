@@ -1,11 +1,12 @@
 """Where each customer's data lives in the object store. Asset keys mirror these prefixes.
 
 landing/<customer>/...                    raw meter files, as delivered (never modified)
-manifests/<customer>/raw_load.json        what raw_load validated: files, sizes, SHA-256
-manifests/<customer>/raw_load.manifest    the same files as a SageMaker ManifestFile
-preprocessed/<customer>/load.parquet      regular load table (+ devices.json, quality.json)
+<dataset>/<customer>/current.json         the published version of a dataset (see publication.py)
+manifests/<customer>/<version>/raw_load.json      what raw_load validated: files, sizes, SHA-256
+manifests/<customer>/<version>/raw_load.manifest  the same files as a SageMaker ManifestFile
+preprocessed/<customer>/<version>/load.parquet    regular load table (+ devices.json, quality.json)
 models/<customer>/<job>/output/model.tar.gz  one per training job, as SageMaker lays it out
-forecasts/<customer>/forecast.parquet     the latest forecast
+forecasts/<customer>/<version>/forecast.parquet   a forecast
 jobs/<job>/output/<name>/                 where a job's outputs land before promotion
 jobs/<job>/input/<name>/<customer>/...    a batch job's inputs, one folder per customer
 code/<job>/<sha256>/                      the job scripts, by content
@@ -16,6 +17,9 @@ from __future__ import annotations
 from resources.storage import ObjectStore
 
 PREPROCESSED_FILES = ("load.parquet", "devices.json", "quality.json")
+RAW_MANIFEST = "raw_load.json"
+RAW_SAGEMAKER_MANIFEST = "raw_load.manifest"
+FORECAST_FILE = "forecast.parquet"
 
 
 def landing_root(store: ObjectStore) -> str:
@@ -24,18 +28,6 @@ def landing_root(store: ObjectStore) -> str:
 
 def landing_prefix(store: ObjectStore, customer: str) -> str:
     return store.uri("landing", customer) + "/"
-
-
-def raw_manifest(store: ObjectStore, customer: str) -> str:
-    return store.uri("manifests", customer, "raw_load.json")
-
-
-def raw_sagemaker_manifest(store: ObjectStore, customer: str) -> str:
-    return store.uri("manifests", customer, "raw_load.manifest")
-
-
-def preprocessed(store: ObjectStore, customer: str, name: str = "load.parquet") -> str:
-    return store.uri("preprocessed", customer, name)
 
 
 def models_prefix(store: ObjectStore, customer: str) -> str:
@@ -48,10 +40,6 @@ def model_artifact(store: ObjectStore, customer: str, job_name: str) -> str:
 
 def checkpoints(store: ObjectStore, customer: str) -> str:
     return store.uri("checkpoints", customer)
-
-
-def forecast(store: ObjectStore, customer: str) -> str:
-    return store.uri("forecasts", customer, "forecast.parquet")
 
 
 def job_output(store: ObjectStore, job_name: str, output: str) -> str:

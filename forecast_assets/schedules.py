@@ -12,10 +12,12 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from forecast_assets import publication
 from forecast_assets.environment import schedule_timezone
 from forecast_assets.jobs import inference_job, training_job
 from forecast_assets.partitions import customers_partitions_def
-from resources.database import Database
+from forecast_assets.publication import PREPROCESSED
+from resources.storage import ObjectStore
 
 # The one setting for when schedules fire, FORECAST_SCHEDULE_TIMEZONE. UTC by default because the
 # EventBridge rules this replaces ran in UTC, so forecasts keep arriving when consumers expect
@@ -76,27 +78,27 @@ def weekly_training_schedule(
     ]
 
 
-def _not_forecastable(database: Database, customer: str) -> str | None:
-    """Why ``customer`` gets no forecast today, or None when its latest model is Approved."""
-    versions = database.model_versions(customer)  # latest first
-    if not versions:
-        return f"{customer}: no model version yet"
-    latest = versions[0]
-    if latest.status == "Approved":
-        return None
-    return f"{customer}: latest model version {latest.version} is {latest.status}"
+def _not_forecastable(store: ObjectStore, customer: str) -> str | None:
+    """Why ``customer`` cannot be forecast today, or None when it can.
+
+    Every customer with preprocessed load is forecast: by its newest Approved model, its previous
+    Approved one, or seasonal naive (see ``forecast_assets.assets.forecast.choose_model``).
+    """
+    if publication.current(store, PREPROCESSED, customer) is None:
+        return f"{customer}: no preprocessed load yet (materialize forecast_job for it)"
+    return None
 
 
 @dg.schedule(
     job=inference_job,
     cron_schedule=INFERENCE_CRON,
     execution_timezone=SCHEDULE_TIMEZONE,
-    description="Forecasts daily (06:00) for every customer whose latest model version is "
-    "Approved; customers whose latest version is Rejected or pending, or who have none, are "
+    description="Forecasts every customer daily (06:00): with its newest model if Approved, else "
+    "its latest Approved model, else seasonal naive. Customers with no preprocessed load yet are "
     "skipped and named in the tick's log.",
 )
 def daily_forecast_schedule(
-    context: dg.ScheduleEvaluationContext, database: Database
+    context: dg.ScheduleEvaluationContext, store: ObjectStore
 ) -> list[dg.RunRequest] | dg.SkipReason:
     customers = _customers(context)
     if not customers:
@@ -105,14 +107,14 @@ def daily_forecast_schedule(
     runs: list[dg.RunRequest] = []
     skipped: list[str] = []
     for customer in customers:
-        reason = _not_forecastable(database, customer)
+        reason = _not_forecastable(store, customer)
         if reason is None:
             runs.append(dg.RunRequest(run_key=f"{customer}:{date}", partition_key=customer))
         else:
             skipped.append(reason)
     if not runs:
         return dg.SkipReason(
-            f"no customer has an Approved latest model ({len(skipped)} skipped): {_listed(skipped)}"
+            f"no customer has preprocessed load yet ({len(skipped)} skipped): {_listed(skipped)}"
         )
     if skipped:
         context.log.warning(

@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from forecast_core.vendors import device_id_problem
 from resources.data_home import data_home
 
 DATABASE_URL_VAR = "FORECAST_DATABASE_URL"
@@ -53,6 +54,9 @@ model_versions_table = sa.Table(
     sa.Column("dagster_run_id", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("status_changed_at", sa.DateTime(timezone=True), nullable=False),
+    # What the model was trained from (data version, code, hyperparameters), so an unchanged
+    # re-run reuses this version instead of training and registering another.
+    sa.Column("inputs_digest", sa.String(64), nullable=False, server_default=""),
 )
 
 forecasts_table = sa.Table(
@@ -65,8 +69,28 @@ forecasts_table = sa.Table(
     sa.Column("energy_kwh", sa.Float, nullable=False),
     sa.Column("model_version", sa.String(128), nullable=False),
     sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+    # Which model made it: "newest", "previous_approved" or "seasonal_naive_fallback".
+    sa.Column("source", sa.String(32), nullable=False, server_default="newest"),
 )
 sa.Index("ix_forecasts_customer_issued", forecasts_table.c.customer_id, forecasts_table.c.issued_at)
+
+# Columns added after the first release, added to an existing database when it is opened.
+ADDED_COLUMNS = (
+    (model_versions_table, "inputs_digest"),
+    (forecasts_table, "source"),
+)
+
+
+class DatabaseWriteError(dg.Failure):
+    """The database refused a write; the description names the customer and the reason."""
+
+
+def _refused(customer_id: str, what: str, exc: sa.exc.DBAPIError) -> DatabaseWriteError:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return DatabaseWriteError(
+        description=f"customer '{customer_id}': the database refused to {what}: "
+        f"{type(exc.orig).__name__}: {reason}. Nothing of this write was stored."
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,7 @@ class ModelVersion:
     gate_reasons: list[str]
     status: str
     created_at: datetime
+    inputs_digest: str = ""
 
 
 def _utc(value: Any) -> datetime:
@@ -89,6 +114,23 @@ def _utc(value: Any) -> datetime:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Bring a database made by an earlier release up to this schema (new columns only)."""
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table, name in ADDED_COLUMNS:
+            if name in {c["name"] for c in inspector.get_columns(table.name)}:
+                continue
+            column = table.c[name]
+            kind = column.type.compile(dialect=engine.dialect)
+            default = column.server_default.arg if column.server_default is not None else ""  # type: ignore[attr-defined]
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {table.name} ADD COLUMN {name} {kind} NOT NULL DEFAULT '{default}'"
+                )
+            )
 
 
 class Database(dg.ConfigurableResource):
@@ -112,6 +154,7 @@ class Database(dg.ConfigurableResource):
             data_home().mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, pool_pre_ping=True, future=True)
         metadata.create_all(engine, checkfirst=True)
+        _add_missing_columns(engine)
         return engine
 
     def _insert(self, table: sa.Table):
@@ -139,6 +182,23 @@ class Database(dg.ConfigurableResource):
         ]
         if not rows:
             return {"new": 0, "updated": 0}
+        ids = [str(r["device_id"]) for r in rows]
+        bad = [
+            f"'{d[:40]}{'…' if len(d) > 40 else ''}': {problem}"
+            for d in ids
+            if (problem := device_id_problem(d))
+        ]
+        if bad:
+            raise DatabaseWriteError(
+                description=f"customer '{customer_id}': {len(bad)} device id(s) cannot be "
+                f"registered: {'; '.join(bad[:5])}"
+            )
+        try:
+            return self._upsert_devices(customer_id, rows)
+        except sa.exc.DBAPIError as exc:
+            raise _refused(customer_id, "register its devices", exc) from exc
+
+    def _upsert_devices(self, customer_id: str, rows: list[dict[str, Any]]) -> dict[str, int]:
         with self.engine.begin() as conn:
             known = set(
                 conn.scalars(
@@ -191,6 +251,7 @@ class Database(dg.ConfigurableResource):
         gate_reasons: Sequence[str],
         run_id: str,
         auto_approve: bool = True,
+        inputs_digest: str = "",
     ) -> ModelVersion:
         """Record a trained model. It is Approved when it passed its gate and auto-approval is on,
         Rejected when it failed, and otherwise waits for :meth:`set_model_status`."""
@@ -209,14 +270,18 @@ class Database(dg.ConfigurableResource):
             "dagster_run_id": run_id,
             "created_at": now,
             "status_changed_at": now,
+            "inputs_digest": inputs_digest,
         }
         stmt = self._insert(model_versions_table)
         stmt = stmt.on_conflict_do_update(
             index_elements=[model_versions_table.c.customer_id, model_versions_table.c.version],
             set_={k: stmt.excluded[k] for k in row if k not in ("customer_id", "version")},
         )
-        with self.engine.begin() as conn:
-            conn.execute(stmt, row)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(stmt, row)
+        except sa.exc.DBAPIError as exc:
+            raise _refused(customer_id, f"register model {version}", exc) from exc
         return self._model_from_row(row)
 
     def set_model_status(self, customer_id: str, version: str, status: ApprovalStatus) -> None:
@@ -258,6 +323,14 @@ class Database(dg.ConfigurableResource):
     def latest_approved_model(self, customer_id: str) -> ModelVersion | None:
         return next((m for m in self.model_versions(customer_id) if m.status == "Approved"), None)
 
+    def model_by_inputs(self, customer_id: str, inputs_digest: str) -> ModelVersion | None:
+        """The newest version trained from exactly these inputs, if any (see register_model)."""
+        if not inputs_digest:
+            return None
+        return next(
+            (m for m in self.model_versions(customer_id) if m.inputs_digest == inputs_digest), None
+        )
+
     @staticmethod
     def _model_from_row(row: Mapping[str, Any]) -> ModelVersion:
         return ModelVersion(
@@ -269,12 +342,14 @@ class Database(dg.ConfigurableResource):
             gate_reasons=json.loads(row["gate_reasons"]),
             status=row["status"],
             created_at=row["created_at"],
+            inputs_digest=row.get("inputs_digest") or "",
         )
 
     # Forecasts -------------------------------------------------------------------------------
 
     def replace_forecast(self, customer_id: str, run_id: str, forecast: pd.DataFrame) -> int:
-        """Store one run's forecast; a retried step of the same run replaces its rows."""
+        """Store one run's forecast in one transaction; a retried step of the same run replaces
+        its rows. ``source`` says which model made it (default "newest")."""
         rows = [
             {
                 "customer_id": customer_id,
@@ -284,18 +359,22 @@ class Database(dg.ConfigurableResource):
                 "energy_kwh": float(r.energy_kwh),
                 "model_version": str(r.model_version),
                 "issued_at": _utc(r.issued_at),
+                "source": str(getattr(r, "source", "newest")),
             }
             for r in forecast.itertuples(index=False)
         ]
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.delete(forecasts_table).where(
-                    (forecasts_table.c.customer_id == customer_id)
-                    & (forecasts_table.c.dagster_run_id == run_id)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.delete(forecasts_table).where(
+                        (forecasts_table.c.customer_id == customer_id)
+                        & (forecasts_table.c.dagster_run_id == run_id)
+                    )
                 )
-            )
-            if rows:
-                conn.execute(sa.insert(forecasts_table), rows)
+                if rows:
+                    conn.execute(sa.insert(forecasts_table), rows)
+        except sa.exc.DBAPIError as exc:
+            raise _refused(customer_id, "store its forecast", exc) from exc
         return len(rows)
 
     def latest_forecast(self, customer_id: str) -> pd.DataFrame:

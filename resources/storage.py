@@ -116,6 +116,10 @@ class ObjectStore(dg.ConfigurableResource, ABC):
         """Copy one object, replacing the destination atomically."""
 
     @abstractmethod
+    def delete_object(self, uri: str) -> None:
+        """Remove one object; removing a missing object is not an error (as in S3)."""
+
+    @abstractmethod
     def download_file(self, uri: str, path: Path) -> None: ...
 
     @abstractmethod
@@ -234,6 +238,9 @@ class LocalObjectStore(ObjectStore):
 
         self._replace(dst, write)
         return self._info(dst_uri, dst)
+
+    def delete_object(self, uri: str) -> None:
+        self._path(uri).unlink(missing_ok=True)
 
     def download_file(self, uri: str, path: Path) -> None:
         src = self._path(uri)
@@ -397,6 +404,10 @@ class S3ObjectStore(ObjectStore):
                 if _error_code(exc) not in {"PreconditionFailed", "412"} or attempt == 2:
                     raise
         return self._head(dst_bucket, dst_key, dst_uri)
+
+    def delete_object(self, uri: str) -> None:
+        bucket, key = object_key(uri)
+        self.client.delete_object(Bucket=bucket, Key=key)
 
     def download_file(self, uri: str, path: Path) -> None:
         bucket, key = object_key(uri)

@@ -5,6 +5,7 @@ standing in for AWS."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import socket
@@ -201,3 +202,13 @@ def make_bucket(aws_env: str) -> Callable[[], str]:
 def s3_store(make_bucket: Callable[[], str]) -> S3ObjectStore:
     """An S3ObjectStore on a fresh bucket in moto, configured only by the environment."""
     return S3ObjectStore(bucket=make_bucket())
+
+
+def published_snapshot(store: LocalObjectStore, customer: str) -> dict[str, str]:
+    """SHA-256 of every object a customer has published (manifests, tables, forecasts, models)
+    and of its landed raw files: equal snapshots mean nothing visible changed."""
+    snapshot = {}
+    for dataset in ("landing", "manifests", "preprocessed", "forecasts", "models"):
+        for obj in store.list_objects(store.uri(dataset, customer) + "/"):
+            snapshot[obj.key] = hashlib.sha256(store.read_bytes(obj.uri)).hexdigest()
+    return snapshot

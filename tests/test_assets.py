@@ -2,17 +2,21 @@
 step leaves behind."""
 
 import hashlib
+import io
 import json
 
 import dagster as dg
+import pandas as pd
 import pytest
 
+from forecast_assets import publication
 from forecast_assets.assets import ALL_ASSETS
-from forecast_assets.demo import rejected_by_gate, summary_line
+from forecast_assets.demo import summary_line
 from forecast_assets.demo_data import DEMO_CUSTOMERS
+from forecast_assets.publication import FORECASTS, MANIFESTS
 from resources.database import Database
 from resources.storage import LocalObjectStore
-from tests.conftest import land
+from tests.conftest import land, published_snapshot
 
 CUSTOMER = DEMO_CUSTOMERS[1].customer_id  # gridsense: UTC, Wh
 RAW = dg.AssetKey(["landing", "raw_load"])
@@ -58,7 +62,9 @@ def test_raw_load_records_files_without_changing_them(instance, local_resources,
     result = materialize(instance, local_resources, CUSTOMER, [RAW])
     assert result.success, step_errors(result)
     assert landing_snapshot(store, CUSTOMER) == before
-    manifest = json.loads(store.read_bytes(store.uri("manifests", CUSTOMER, "raw_load.json")))
+    published = publication.current(store, MANIFESTS, CUSTOMER)
+    assert published is not None
+    manifest = json.loads(store.read_bytes(published.uri("raw_load.json")))
     assert {f["relative_path"] for f in manifest["files"]} == {k.rsplit("/", 1)[1] for k in before}
     assert all(f["vendor"] == "gridsense" for f in manifest["files"])
     assert {f["sha256"] for f in manifest["files"]} == set(before.values())
@@ -103,7 +109,7 @@ def test_bad_raw_file_fails_naming_customer_file_and_problem(
     assert problem in message
     assert "1 of " in message  # only the bad file is blamed
     assert landing_snapshot(store, CUSTOMER) == before
-    assert not store.exists(store.uri("manifests", CUSTOMER, "raw_load.json"))
+    assert publication.current(store, MANIFESTS, CUSTOMER) is None
 
 
 def test_customer_without_files_fails_clearly(instance, local_resources, store):
@@ -122,7 +128,7 @@ def test_failed_preprocessing_keeps_last_good_output(instance, local_resources, 
     land(store, [CUSTOMER], days=30)
     result = materialize(instance, local_resources, CUSTOMER, [RAW, PRE, DEVICES])
     assert result.success, step_errors(result)
-    published = store.read_bytes(store.uri("preprocessed", CUSTOMER, "load.parquet"))
+    published = published_snapshot(store, CUSTOMER)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"no_duplicate_readings": True, "gap_ratio": True, "plausible_values": True}
     devices = Database().devices(CUSTOMER)
@@ -131,35 +137,70 @@ def test_failed_preprocessing_keeps_last_good_output(instance, local_resources, 
     # A raw file is rewritten after validation: preprocessing must refuse it...
     victim = store.list_objects(store.uri("landing", CUSTOMER) + "/")[0]
     store.write_bytes(victim.uri, store.read_bytes(victim.uri) + b"\n")
-    result = materialize(instance, local_resources, CUSTOMER, [PRE])
+    published[victim.key] = published_snapshot(store, CUSTOMER)[victim.key]
+    # (another setting, so that the step cannot reuse its current table and must run its job)
+    other_setting = {"ops": {"preprocessed__load": {"config": {"max_fill_gap": "2h"}}}}
+    result = materialize(instance, local_resources, CUSTOMER, [PRE], other_setting)
     assert not result.success
     message = step_errors(result)
     assert f"customer '{CUSTOMER}', file '{victim.uri}'" in message
     assert "content changed since it was validated" in message
     # ...and the last good table stays published.
-    assert store.read_bytes(store.uri("preprocessed", CUSTOMER, "load.parquet")) == published
+    assert published_snapshot(store, CUSTOMER) == published
 
 
-def test_model_failing_its_gate_blocks_the_forecast(instance, local_resources, store):
+def test_model_failing_its_gate_is_recorded_and_the_customer_is_still_forecast(
+    instance, local_resources, store
+):
     land(store, [CUSTOMER], days=60)
-    run_config = {
-        "ops": {"models__load_forecast_model": {"config": {**FAST_TRAINING, "min_r2": 0.9999}}}
+    rejecting = {
+        "ops": {
+            "models__load_forecast_model": {"config": {**FAST_TRAINING, "max_wape_ratio": 0.01}}
+        }
     }
     result = materialize(
-        instance, local_resources, CUSTOMER, [RAW, PRE, MODEL, FORECAST], run_config
+        instance, local_resources, CUSTOMER, [RAW, PRE, MODEL, FORECAST], rejecting
     )
+    # A rejection is an outcome, not a crash: the run succeeds and says why in one line.
+    assert result.success, step_errors(result)
     gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate"]
     assert len(gate) == 1 and not gate[0].passed
-    assert "below the minimum 1.000" in (gate[0].description or "")
-    assert not result.asset_materializations_for_node("forecasts__load_forecast")
-    # make demo reports this as the gate working, not as a failed customer.
-    assert rejected_by_gate(result)
-    assert "model REJECTED by its quality gate" in summary_line(CUSTOMER, result)
+    assert f"customer '{CUSTOMER}'" in (gate[0].description or "")
+    assert "rejected" in (gate[0].description or "")
+    warnings = [
+        e.message
+        for e in instance.all_logs(result.run_id)
+        if e.level >= 30 and "REJECTED by its quality gate" in e.message
+    ]
+    assert len(warnings) == 1 and f"customer '{CUSTOMER}'" in warnings[0]
+    assert "model REJECTED" not in summary_line(CUSTOMER, result)
+    assert "REJECTED | forecast by seasonal_naive_fallback" in summary_line(CUSTOMER, result)
     versions = Database().model_versions(CUSTOMER)
     assert [v.status for v in versions] == ["Rejected"]
-    assert not store.exists(store.uri("forecasts", CUSTOMER, "forecast.parquet"))
 
-    # Forecasting on its own still refuses: there is no approved model.
-    result = materialize(instance, local_resources, CUSTOMER, [FORECAST])
-    assert not result.success
-    assert f"customer '{CUSTOMER}': no approved model" in step_errors(result)
+    # With no approved model at all, seasonal naive forecasts, and says so everywhere.
+    forecast_meta = result.asset_materializations_for_node("forecasts__load_forecast")[0].metadata
+    assert forecast_meta["source"].value == "seasonal_naive_fallback"
+    assert forecast_meta["model_version"].value == "seasonal-naive"
+    current = publication.current(store, FORECASTS, CUSTOMER)
+    assert current is not None
+    frame = pd.read_parquet(io.BytesIO(store.read_bytes(current.uri("forecast.parquet"))))
+    assert set(frame["source"]) == {"seasonal_naive_fallback"}
+    assert set(Database().latest_forecast(CUSTOMER)["source"]) == {"seasonal_naive_fallback"}
+
+    # An approved model, then a rejected one: the previous approved model forecasts.
+    fast = {"ops": {"models__load_forecast_model": {"config": FAST_TRAINING}}}
+    result = materialize(instance, local_resources, CUSTOMER, [MODEL, FORECAST], fast)
+    assert result.success, step_errors(result)
+    approved = Database().latest_approved_model(CUSTOMER)
+    assert approved is not None
+    forecast_meta = result.asset_materializations_for_node("forecasts__load_forecast")[0].metadata
+    assert forecast_meta["source"].value == "newest"
+    rejecting["ops"]["models__load_forecast_model"]["config"]["n_estimators"] = 21  # new inputs
+    result = materialize(instance, local_resources, CUSTOMER, [MODEL, FORECAST], rejecting)
+    assert result.success, step_errors(result)
+    assert [v.status for v in Database().model_versions(CUSTOMER)][:2] == ["Rejected", "Approved"]
+    forecast_meta = result.asset_materializations_for_node("forecasts__load_forecast")[0].metadata
+    assert forecast_meta["source"].value == "previous_approved"
+    assert forecast_meta["model_version"].value == approved.version
+    assert set(Database().latest_forecast(CUSTOMER)["model_version"]) == {approved.version}

@@ -14,12 +14,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from forecast_assets.demo_data import DEMO_CUSTOMERS, DemoCustomer, generate_customer_files
 from forecast_core.batch import BatchFailed, BatchFileError, read_batch, run_each
+from forecast_core.features import FeatureSpec
 from forecast_core.runtime import Report
+from forecast_core.sanity import forecast_problems
 from resources.jobs.code import CONTAINERS_DIR, ENTRY_SCRIPTS, bundle
 from tests.conftest import TEST_END
 
@@ -220,6 +223,17 @@ def test_inference_forecasts_the_requested_horizon_after_the_last_reading(pipeli
     assert forecast["timestamp"].max() == last + pd.Timedelta(hours=24)
     assert (forecast["energy_kwh"] >= 0).all()
     assert set(forecast["model_version"]) == {"v1"}
+    assert set(forecast["source"]) == {"newest"}  # the default with a model
+    assert list(forecast.columns) == [
+        "timestamp",
+        "device_id",
+        "energy_kwh",
+        "model_version",
+        "source",
+        "issued_at",
+    ]
+    report = reports(pipeline["stdout"]["inference"])["report"]
+    assert (report["model_version"], report["source"]) == ("v1", "newest")
 
 
 def test_preprocessing_refuses_a_file_changed_after_validation(tmp_path):
@@ -348,24 +362,38 @@ def train_batch(
 
 
 def infer_batch(
-    base: Path, customers: Mapping[str, tuple[str, Path, Path | None]]
+    base: Path,
+    customers: Mapping[str, tuple[str | None, Path | None, Path | None]],
+    sources: Mapping[str, str] | None = None,
+    horizon_hours: str | None = "24",
 ) -> tuple[subprocess.CompletedProcess, Path]:
-    """Inference in batch mode; per customer its model version, model folder and history
-    (None: not staged). Returns the run and the output folder."""
+    """Inference in batch mode; per customer its model version, model folder (None: no model
+    folder at all) and history (None: not staged), and, if given, its source (else the entry has
+    none). Returns the run and the output folder."""
     ml = base / "opt" / "ml"
     inputs = ml / "processing/input"
     for customer, (_, model, history) in customers.items():
-        pack_model(model, inputs / "model" / customer / "model.tar.gz")
+        if model is not None:
+            pack_model(model, inputs / "model" / customer / "model.tar.gz")
         (inputs / "history" / customer).mkdir(parents=True)
         if history is not None:
             (inputs / "history" / customer / "load.parquet").write_bytes(history.read_bytes())
-    entries = [{"customer_id": c, "model_version": v} for c, (v, _, _) in customers.items()]
+    entries = [
+        {
+            "customer_id": c,
+            "model_version": v,
+            **({"source": sources[c]} if sources and c in sources else {}),
+        }
+        for c, (v, _, _) in customers.items()
+    ]
     batch = write_batch(inputs / "batch", entries)
     output = ml / "processing/output/forecast"
     script = install_bundle("inference", inputs / "code")
     args = ["--batch", str(batch), "--model-dir", str(inputs / "model")]
     args += ["--history-dir", str(inputs / "history"), "--output-dir", str(output)]
-    args += ["--horizon-hours", "24", "--issued-at", ISSUED_AT]
+    args += ["--issued-at", ISSUED_AT]
+    if horizon_hours is not None:
+        args += ["--horizon-hours", horizon_hours]
     proc = run(script, args, {"SM_OUTPUT_DIR": str(ml / "output")}, base)
     return proc, output
 
@@ -396,8 +424,12 @@ def batch_pipeline(tmp_path_factory) -> dict[str, Any]:
 def test_batch_reports_each_customer_as_single_mode_reports_it(pipeline, batch_pipeline, job):
     single, batch = reports(pipeline["stdout"][job]), reports(batch_pipeline["stdout"][job])
     assert sorted(batch) == [f"report[{CUSTOMER.customer_id}]", f"report[{OTHER.customer_id}]"]
-    # Approximately: training's model metrics vary in their last digits from run to run.
-    assert batch[f"report[{CUSTOMER.customer_id}]"] == pytest.approx(single["report"])
+    # Numbers approximately: training's model metrics vary in their last digits from run to run.
+    # (pytest.approx refuses a mapping that holds a list, so each value is compared on its own.)
+    same = batch[f"report[{CUSTOMER.customer_id}]"]
+    assert same.keys() == single["report"].keys()
+    for key, value in single["report"].items():
+        assert same[key] == (pytest.approx(value) if isinstance(value, float) else value), key
     assert batch[f"report[{OTHER.customer_id}]"].keys() == single["report"].keys()
 
 
@@ -555,7 +587,39 @@ def test_training_batch_refuses_a_customer_id_hyperparameter(tmp_path, monkeypat
         ("preprocessing", ["--customer-id", "a", "--manifest-dir", "m"], "--manifest-dir is for"),
         ("preprocessing", [], "one of the arguments --customer-id --batch is required"),
         ("inference", ["--batch", "b.json", "--model-version", "v1"], "--model-version is for"),
-        ("inference", ["--customer-id", "a"], "required: --model-version"),
+        ("inference", ["--customer-id", "a"], "one of the arguments --model-version --fallback"),
+        (
+            "inference",
+            ["--customer-id", "a", "--model-version", "v1", "--fallback", "seasonal-naive"],
+            "not allowed with argument",
+        ),
+        ("inference", ["--customer-id", "a", "--fallback", "naive"], "invalid choice"),
+        (
+            "inference",
+            ["--customer-id", "a", "--fallback", "seasonal-naive"],
+            "--fallback needs --horizon-hours",
+        ),
+        (
+            "inference",
+            [
+                "--customer-id",
+                "a",
+                "--fallback",
+                "seasonal-naive",
+                "--horizon-hours",
+                "24",
+                "--source",
+                "newest",
+            ],
+            "--fallback forecasts with source seasonal_naive_fallback, not newest",
+        ),
+        (
+            "inference",
+            ["--customer-id", "a", "--model-version", "v1", "--source", "seasonal_naive_fallback"],
+            "source seasonal_naive_fallback is for --fallback",
+        ),
+        ("inference", ["--batch", "b.json", "--fallback", "seasonal-naive"], "--fallback is for"),
+        ("inference", ["--batch", "b.json", "--source", "newest"], "--source is for one"),
     ],
 )
 def test_batch_and_single_arguments_do_not_mix(capsys, job, args, error):
@@ -646,3 +710,285 @@ def test_run_each_goes_on_after_failures_and_sums_them_up(capsys):
 def test_run_each_without_failures_returns(capsys):
     run_each(Report(), [{"customer_id": "a"}], lambda entry: {"ok": True})
     assert 'report[a]: {"ok": true}' in capsys.readouterr().out
+
+
+# Where a forecast comes from: its source, and the seasonal-naive fallback -----------------------
+
+SOURCE_COLUMNS = ["timestamp", "device_id", "energy_kwh", "model_version", "source", "issued_at"]
+
+
+@pytest.mark.parametrize(
+    ("args", "model_version", "source"),
+    [
+        (["--model-version", "v1"], "v1", "newest"),
+        (["--model-version", "v1", "--source", "previous_approved"], "v1", "previous_approved"),
+        (
+            ["--fallback", "seasonal-naive", "--horizon-hours", "48"],
+            None,
+            "seasonal_naive_fallback",
+        ),
+    ],
+)
+def test_inference_arguments_name_the_source_of_one_customer(args, model_version, source):
+    parsed = load_script("inference").parse_args(["--customer-id", "a", *args])
+    assert (parsed.model_version, parsed.source) == (model_version, source)
+
+
+def test_fallback_forecasts_the_same_time_last_week_without_a_model(pipeline, tmp_path):
+    ml = tmp_path / "opt" / "ml"
+    script = install_bundle("inference", ml / "processing/input/code")
+    output = ml / "processing/output/forecast"
+    proc = run(
+        script,
+        [
+            "--customer-id",
+            CUSTOMER.customer_id,
+            "--fallback",
+            "seasonal-naive",
+            "--model-dir",
+            str(tmp_path / "no-such-folder"),  # no model is read
+            "--history-dir",
+            str(pipeline["preprocessed"]),
+            "--output-dir",
+            str(output),
+            "--horizon-hours",
+            "48",
+            "--issued-at",
+            ISSUED_AT,
+        ],
+        {"SM_OUTPUT_DIR": str(ml / "output")},
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    forecast = pd.read_parquet(output / "forecast.parquet")
+    history = pd.read_parquet(pipeline["preprocessed"] / "load.parquet")
+    last = history.loc[history["energy_kwh"].notna(), "timestamp"].max()
+    assert list(forecast.columns) == SOURCE_COLUMNS
+    assert len(forecast) == 48 * CUSTOMER.devices
+    assert forecast.groupby("device_id")["timestamp"].agg(["min", "max"]).to_dict("list") == {
+        "min": [last + pd.Timedelta(hours=1)] * CUSTOMER.devices,
+        "max": [last + pd.Timedelta(hours=48)] * CUSTOMER.devices,
+    }
+    assert forecast["energy_kwh"].notna().all()
+    assert set(forecast["model_version"]) == {"seasonal-naive"}
+    assert set(forecast["source"]) == {"seasonal_naive_fallback"}
+    assert set(forecast["issued_at"]) == {pd.Timestamp(ISSUED_AT)}
+    # Where last week's value is known, it is the forecast, as the gate's baseline has it.
+    week_ago = history.assign(timestamp=history["timestamp"] + pd.Timedelta(days=7))
+    both = forecast.merge(week_ago, on=["timestamp", "device_id"], suffixes=("", "_week_ago"))
+    known = both["energy_kwh_week_ago"].notna()
+    assert known.sum() > 0.9 * len(forecast)
+    assert (both.loc[known, "energy_kwh"] == both.loc[known, "energy_kwh_week_ago"]).all()
+    # It passes the checks before publishing, and says where it comes from.
+    assert forecast_problems(forecast, history) == []
+    report = reports(proc.stdout)["report"]
+    assert report["model_version"] == "seasonal-naive"
+    assert report["source"] == "seasonal_naive_fallback"
+    assert report["horizon_hours"] == 48.0
+    assert report["rows"] == len(forecast)
+
+
+def write_history(folder: Path, frame: pd.DataFrame) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder / "load.parquet", index=False)
+    return folder
+
+
+def half_hourly_history() -> pd.DataFrame:
+    """Three weeks of half-hours for devices "a" and "b", every value distinct; "b" stops
+    eight days before "a"."""
+    times = pd.date_range("2025-10-13", "2025-11-02 23:30", freq="30min", tz="UTC")
+    a = pd.DataFrame({"timestamp": times, "device_id": "a", "energy_kwh": range(len(times))})
+    b_times = times[times < times[-1] - pd.Timedelta(days=8)]
+    b = pd.DataFrame({"timestamp": b_times, "device_id": "b", "energy_kwh": 1000.0})
+    b.loc[b["timestamp"].dt.hour == 12, "energy_kwh"] = 2000.0
+    frame = pd.concat([a, b], ignore_index=True)
+    frame["energy_kwh"] = frame["energy_kwh"].astype(float)
+    return frame.assign(is_filled=False, is_gap=False)
+
+
+def test_fallback_fills_gaps_from_a_day_earlier_then_the_time_of_day_mean(tmp_path):
+    predict = load_script("inference")
+    history = half_hourly_history()
+    last = history["timestamp"].max()
+    step, day, week = pd.Timedelta(minutes=30), pd.Timedelta(days=1), pd.Timedelta(days=7)
+    t0, t1, t2 = (last + k * step for k in (1, 2, 3))
+    a = history["device_id"] == "a"
+
+    def gap(at: pd.Timestamp) -> None:
+        row = a & (history["timestamp"] == at)
+        history.loc[row, ["energy_kwh", "is_gap"]] = [float("nan"), True]
+
+    value = dict(zip(history.loc[a, "timestamp"], history.loc[a, "energy_kwh"], strict=True))
+    gap(t0 - week)  # -> a day earlier
+    gap(t1 - week)  # and a day earlier too -> the mean at that time of day
+    gap(t1 - day)
+    gap(t2 - week + day)  # a day after t2: a day earlier is t2's own forecast
+    metadata = predict.predict_fallback(
+        "acme",
+        write_history(tmp_path / "history", history),
+        tmp_path / "out",
+        48.0,
+        pd.Timestamp(ISSUED_AT),
+    )
+    forecast = pd.read_parquet(tmp_path / "out" / "forecast.parquet")
+    assert metadata["horizon_hours"] == 48.0
+    assert len(forecast) == 2 * 96  # two devices, 48 h of half-hours: the resolution is inferred
+    assert forecast["energy_kwh"].notna().all()
+    got = forecast[forecast["device_id"] == "a"].set_index("timestamp")["energy_kwh"]
+    assert got[t0] == value[t0 - day]
+    slot = history[a & (history["timestamp"].dt.time == t1.time()) & ~history["is_gap"]]
+    assert got[t1] == pytest.approx(slot["energy_kwh"].mean())
+    assert got[t2] == value[t2 - week]
+    assert got[t2 + day] == got[t2]
+    assert got[t2 + step] == value[t2 + step - week]
+    # "b" has nothing from last week or yesterday: its own mean at each time of day.
+    b = forecast[forecast["device_id"] == "b"]
+    assert set(b.loc[b["timestamp"].dt.hour == 12, "energy_kwh"]) == {2000.0}
+    assert set(b.loc[b["timestamp"].dt.hour != 12, "energy_kwh"]) == {1000.0}
+
+
+@pytest.mark.parametrize(
+    ("hours", "error"),
+    [
+        (None, "the seasonal-naive fallback needs --horizon-hours"),
+        (168.5, "horizon of 168.5 h is outside 1 step..168 h"),
+        (0.1, "horizon of 0.1 h is outside 1 step..168 h"),
+    ],
+)
+def test_fallback_horizon_is_given_and_at_most_a_week(tmp_path, hours, error):
+    predict = load_script("inference")
+    history = write_history(tmp_path / "history", half_hourly_history())
+    with pytest.raises(ValueError, match=error):
+        predict.predict_fallback("acme", history, tmp_path / "out", hours, pd.Timestamp(ISSUED_AT))
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_mixes_models_and_the_fallback_and_labels_each_source(
+    pipeline, batch_pipeline, tmp_path
+):
+    model, preprocessed = batch_pipeline["model"], batch_pipeline["preprocessed"]
+    c, o = CUSTOMER.customer_id, OTHER.customer_id
+    proc, output = infer_batch(
+        tmp_path,
+        {
+            c: ("v1", model / c, preprocessed / c / "load.parquet"),
+            o: (None, None, preprocessed / o / "load.parquet"),  # no model folder at all
+        },
+        sources={c: "previous_approved", o: "seasonal_naive_fallback"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "opt/ml/processing/input/model" / o).exists()
+    with_model = pd.read_parquet(output / c / "forecast.parquet")
+    single = pd.read_parquet(pipeline["forecast"] / "forecast.parquet")
+    pd.testing.assert_frame_equal(with_model, single.assign(source="previous_approved"))
+    fallback = pd.read_parquet(output / o / "forecast.parquet")
+    assert list(fallback.columns) == SOURCE_COLUMNS
+    assert len(fallback) == 24 * OTHER.devices
+    assert set(fallback["model_version"]) == {"seasonal-naive"}
+    assert set(fallback["source"]) == {"seasonal_naive_fallback"}
+    lines = reports(proc.stdout)
+    assert (lines[f"report[{c}]"]["model_version"], lines[f"report[{c}]"]["source"]) == (
+        "v1",
+        "previous_approved",
+    )
+    assert (lines[f"report[{o}]"]["model_version"], lines[f"report[{o}]"]["source"]) == (
+        "seasonal-naive",
+        "seasonal_naive_fallback",
+    )
+
+
+def test_batch_fallback_without_a_horizon_fails_that_customer(batch_pipeline, tmp_path):
+    o = OTHER.customer_id
+    proc, output = infer_batch(
+        tmp_path,
+        {o: (None, None, batch_pipeline["preprocessed"] / o / "load.parquet")},
+        sources={o: "seasonal_naive_fallback"},
+        horizon_hours=None,
+    )
+    assert proc.returncode == 1
+    assert not output.exists()
+    assert (tmp_path / "opt/ml/output/message").read_text() == (
+        f"1 of 1 customers failed: customer '{o}': the seasonal-naive fallback needs "
+        "--horizon-hours"
+    )
+
+
+def test_batch_entries_default_to_newest_and_a_fallback_has_no_model(tmp_path):
+    batch = write_batch(
+        tmp_path,
+        [
+            {"customer_id": "a", "model_version": "v1"},
+            {"customer_id": "b", "model_version": "v0", "source": "previous_approved"},
+            {"customer_id": "c", "source": "seasonal_naive_fallback"},
+            {"customer_id": "d", "model_version": None, "source": "seasonal_naive_fallback"},
+        ],
+    )
+    entries = load_script("inference").batch_entries(batch)
+    assert [(e["customer_id"], e["model_version"], e["source"]) for e in entries] == [
+        ("a", "v1", "newest"),
+        ("b", "v0", "previous_approved"),
+        ("c", None, "seasonal_naive_fallback"),
+        ("d", None, "seasonal_naive_fallback"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        (
+            {"model_version": "v1", "source": "latest"},
+            "customer 'a' has source 'latest', not one of newest, previous_approved, "
+            "seasonal_naive_fallback",
+        ),
+        (
+            {"model_version": "v1", "source": "seasonal_naive_fallback"},
+            "customer 'a' has source seasonal_naive_fallback and model_version 'v1': "
+            "the fallback uses no model",
+        ),
+        (
+            {"model_version": None, "source": "newest"},
+            "customer 'a' has no \"model_version\" string",
+        ),
+        ({"source": "previous_approved"}, "customer 'a' has no \"model_version\" string"),
+    ],
+)
+def test_batch_entries_must_say_consistently_where_their_forecast_comes_from(
+    tmp_path, entry, error
+):
+    batch = write_batch(tmp_path, [{"customer_id": "a", **entry}])
+    with pytest.raises(BatchFileError) as info:
+        load_script("inference").batch_entries(batch)
+    assert str(info.value) == f"batch file {batch}: {error}"
+
+
+class AbsurdModel:
+    """Every other prediction astronomically high, the rest negative."""
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        return np.where(np.arange(len(features)) % 2 == 0, 1e27, -3.0)
+
+
+def test_inference_clips_negatives_but_leaves_an_absurd_forecast_visible(
+    pipeline, tmp_path, monkeypatch
+):
+    predict = load_script("inference")
+    spec = FeatureSpec.from_json((pipeline["model"] / "feature_spec.json").read_text())
+    scales = json.loads((pipeline["model"] / "normalization.json").read_text())["scale_kwh"]
+    monkeypatch.setattr(predict, "load_model", lambda *_: (AbsurdModel(), spec, scales))
+    predict.predict(
+        CUSTOMER.customer_id,
+        "v9",
+        tmp_path / "model",
+        pipeline["preprocessed"],
+        tmp_path / "out",
+        24.0,
+        pd.Timestamp(ISSUED_AT),
+    )
+    forecast = pd.read_parquet(tmp_path / "out" / "forecast.parquet")
+    energy = forecast["energy_kwh"].to_numpy()
+    assert (energy[1::2] == 0).all()  # negative: clipped to 0
+    assert (energy[::2] > 1e20).all()  # absurd: left as it is
+    history = pd.read_parquet(pipeline["preprocessed"] / "load.parquet")
+    problems = forecast_problems(forecast, history)
+    assert "kWh is above 10 × the device's largest reading" in problems[0]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from resources.database import Database, forecasts_table
+from resources.database import Database, DatabaseWriteError, forecasts_table
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -345,3 +345,91 @@ def test_latest_forecast_returns_only_the_newest_issue(db: Database, customer: s
     ] * 2
     assert list(latest["energy_kwh"]) == [3.0, 4.0, 5.0, 3.0, 4.0, 5.0]
     assert set(latest["customer_id"]) == {customer}
+
+
+# What the registry refuses, and databases from an earlier release -------------------------------
+
+
+def _registry_device(device_id: str) -> dict:
+    return {
+        "device_id": device_id,
+        "vendor": "gridsense",
+        "first_reading": T0,
+        "last_reading": T0 + timedelta(days=1),
+        "readings": 96,
+    }
+
+
+@pytest.mark.parametrize(
+    ("device_id", "problem"),
+    [("m" * 10_000, "characters"), ("meter\x00one", "control character")],
+)
+def test_device_ids_the_registry_cannot_hold_are_refused_alike(
+    db: Database, customer: str, device_id: str, problem: str
+):
+    with pytest.raises(DatabaseWriteError) as refused:
+        db.upsert_devices(customer, [_registry_device("ok-1"), _registry_device(device_id)])
+    message = refused.value.description or ""
+    assert message.startswith(f"customer '{customer}': 1 device id(s) cannot be registered")
+    assert problem in message
+    # Nothing of the write was stored, on SQLite as on PostgreSQL.
+    assert db.devices(customer).empty
+
+
+def test_a_refused_write_names_the_customer_not_a_driver_traceback(db: Database, customer: str):
+    frame = _forecast(T0, 1.0)
+    frame.loc[0, "timestamp"] = frame.loc[1, "timestamp"]  # two rows, one primary key
+    with pytest.raises(DatabaseWriteError) as refused:
+        db.replace_forecast(customer, "run-1", frame)
+    message = refused.value.description or ""
+    assert message.startswith(f"customer '{customer}': the database refused to store its forecast")
+    assert "IntegrityError" in message or "UniqueViolation" in message
+    assert _all_forecasts(db, customer).empty
+
+
+def test_forecast_rows_say_which_model_made_them(db: Database, customer: str):
+    db.replace_forecast(customer, "run-1", _forecast(T0, 1.0).assign(source="previous_approved"))
+    assert set(db.latest_forecast(customer)["source"]) == {"previous_approved"}
+
+
+def test_model_by_inputs_finds_the_version_trained_from_them(db: Database, customer: str):
+    for version, digest in (("v1", "aaa"), ("v2", "bbb")):
+        db.register_model(
+            customer_id=customer,
+            version=version,
+            model_uri=f"s3://b/{version}",
+            metrics={},
+            gate_passed=True,
+            gate_reasons=[],
+            run_id="r",
+            inputs_digest=digest,
+        )
+    assert db.model_by_inputs(customer, "aaa").version == "v1"  # type: ignore[union-attr]
+    assert db.model_by_inputs(customer, "ccc") is None
+    assert db.model_by_inputs(customer, "") is None
+
+
+def test_a_database_from_an_earlier_release_gets_the_new_columns(data_home):
+    url = f"sqlite:///{data_home / 'old.db'}"
+    data_home.mkdir(parents=True, exist_ok=True)
+    old = sa.create_engine(url)
+    with old.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE forecasts (customer_id VARCHAR(64), dagster_run_id VARCHAR(64), "
+                "device_id VARCHAR(128), timestamp DATETIME, energy_kwh FLOAT, "
+                "model_version VARCHAR(128), issued_at DATETIME, "
+                "PRIMARY KEY (customer_id, dagster_run_id, device_id, timestamp))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO forecasts VALUES ('acme', 'r0', 'd1', '2025-10-01 00:00:00.000000', 1.5, "
+                "'v0', '2025-10-01 00:00:00.000000')"
+            )
+        )
+    old.dispose()
+    db = Database(url=url)
+    assert set(db.latest_forecast("acme")["source"]) == {"newest"}
+    columns = {c["name"] for c in sa.inspect(db.engine).get_columns("model_versions")}
+    assert "inputs_digest" in columns

@@ -81,44 +81,107 @@ def test_seasonal_naive_default_week_and_missing_times():
     assert series.index.equals(index)
 
 
-def test_quality_gate_passes():
-    result = quality_gate({"r2": 0.8, "wape": 10.0}, {"wape": 20.0}, min_r2=0.5)
-    assert result == GateResult(passed=True, reasons=())
+# The gate: beat seasonal naive, the forecast the customer gets without a model ---------------
+
+HOUSEHOLD = {"r2": 0.35, "wape": 18.2, "n": 336}  # noisy load: low R², clearly better than naive
+NAIVE = {"r2": 0.1, "wape": 23.6, "n": 336}
 
 
-def test_quality_gate_r2_below_minimum():
-    result = quality_gate({"r2": 0.3, "wape": 10.0}, {"wape": 20.0}, min_r2=0.5)
+def test_quality_gate_approves_a_model_that_beats_naive_whatever_its_r2():
+    result = quality_gate(HOUSEHOLD, NAIVE)
+    assert result.passed is True
+    assert result.reasons == ()
+    assert result.wape_ratio == pytest.approx(18.2 / 23.6)
+    assert result.summary == "WAPE 18.2% vs seasonal naive 23.6% (ratio 0.77 < 1.00): approved"
+
+
+@pytest.mark.parametrize(("wape", "shown"), [(24.5, "1.04"), (23.6, "1.00")])
+def test_quality_gate_rejects_a_model_not_strictly_better_than_naive(wape, shown):
+    result = quality_gate({**HOUSEHOLD, "wape": wape}, NAIVE)
     assert result.passed is False
-    assert result.reasons == ("R² 0.300 is below the minimum 0.500",)
-
-
-def test_quality_gate_missing_r2_fails():
-    result = quality_gate({"wape": 10.0}, {"wape": 20.0}, min_r2=0.0)
-    assert result.reasons == ("R² nan is below the minimum 0.000",)
-
-
-@pytest.mark.parametrize("wape", [20.0, 25.0])
-def test_quality_gate_wape_must_beat_the_baseline(wape):
-    result = quality_gate({"r2": 0.9, "wape": wape}, {"wape": 20.0}, min_r2=0.5)
-    assert result.passed is False
+    assert result.summary == (
+        f"WAPE {wape:.1f}% vs seasonal naive 23.6% (ratio {shown} ≥ 1.00): rejected"
+    )
     assert result.reasons == (
-        f"WAPE {wape:.2f}% does not beat the seasonal-naive baseline's 20.00%",
+        f"WAPE {wape:.1f}% is not below seasonal naive's 23.6% × 1.00 (ratio {shown})",
     )
 
 
-def test_quality_gate_reports_every_reason_and_baseline_can_be_waived():
-    both = quality_gate({"r2": 0.1, "wape": 30.0}, {"wape": 20.0}, min_r2=0.5)
-    assert both.passed is False
-    assert len(both.reasons) == 2
-    assert both.reasons[0].startswith("R² 0.100")
-    assert both.reasons[1].startswith("WAPE 30.00%")
+def test_quality_gate_shows_a_ratio_just_below_the_limit_as_below_it():
+    result = quality_gate({**HOUSEHOLD, "wape": 23.5}, NAIVE)
+    assert result.passed is True
+    assert "(ratio 0.996 < 1.000)" in result.summary
 
-    waived = quality_gate(
-        {"r2": 0.9, "wape": 30.0}, {"wape": 20.0}, min_r2=0.5, require_beating_baseline=False
+
+@pytest.mark.parametrize(("max_ratio", "passed"), [(0.8, True), (0.75, False), (1.2, True)])
+def test_quality_gate_max_wape_ratio_sets_the_margin(max_ratio, passed):
+    result = quality_gate(HOUSEHOLD, NAIVE, max_wape_ratio=max_ratio)  # ratio 0.771
+    assert result.passed is passed
+    sign, verdict = ("<", "approved") if passed else ("≥", "rejected")
+    assert result.summary.endswith(f"(ratio 0.77 {sign} {max_ratio:.2f}): {verdict}")
+
+
+def test_quality_gate_min_r2_is_an_optional_extra_condition():
+    strict = quality_gate(HOUSEHOLD, NAIVE, min_r2=0.7)
+    assert strict.passed is False
+    assert strict.reasons == ("R² 0.350 is below the minimum 0.700",)
+    assert strict.summary == (
+        "WAPE 18.2% vs seasonal naive 23.6% (ratio 0.77 < 1.00); R² 0.350 < 0.700: rejected"
     )
-    assert waived == GateResult(passed=True, reasons=())
+    assert quality_gate(HOUSEHOLD, NAIVE, min_r2=0.3).passed is True
+    # Off by default, so an unknown R² (constant actuals) does not matter...
+    assert quality_gate({"wape": 18.2}, NAIVE).passed is True
+    # ...unless asked for.
+    assert quality_gate({"wape": 18.2}, NAIVE, min_r2=0.0).reasons == (
+        "R² nan is below the minimum 0.000",
+    )
 
 
-def test_quality_gate_unknown_baseline_fails():
-    result = quality_gate({"r2": 0.9, "wape": 10.0}, {"wape": float("nan")}, min_r2=0.5)
-    assert result.reasons == ("WAPE 10.00% does not beat the seasonal-naive baseline's nan%",)
+def test_quality_gate_reports_every_reason():
+    result = quality_gate({"r2": 0.1, "wape": 30.0}, NAIVE, min_r2=0.5)
+    assert result.passed is False
+    assert len(result.reasons) == 2
+    assert result.reasons[0].startswith("WAPE 30.0% is not below")
+    assert result.reasons[1].startswith("R² 0.100")
+
+
+@pytest.mark.parametrize(
+    ("model_wape", "naive_wape"),
+    [(float("nan"), 23.6), (18.2, float("nan")), (float("inf"), 23.6), (0.0, 0.0), (None, 23.6)],
+)
+def test_quality_gate_rejects_metrics_it_cannot_compare(model_wape, naive_wape):
+    metrics = {"r2": 0.9} if model_wape is None else {"r2": 0.9, "wape": model_wape}
+    result = quality_gate(metrics, {"wape": naive_wape})
+    assert result.passed is False
+    assert math.isnan(result.wape_ratio)
+    assert "(ratio not defined): rejected" in result.summary
+    assert result.reasons[0].endswith("both must be finite and naive's above 0")
+
+
+def test_quality_gate_rejects_a_model_whose_forecast_was_not_finite_somewhere():
+    # regression_metrics drops non-finite forecasts, so such a model is scored on fewer hours.
+    result = quality_gate({**HOUSEHOLD, "n": 330}, NAIVE)
+    assert result.passed is False
+    assert result.reasons == ("the model's forecast is not finite for 6 of 336 holdout intervals",)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_quality_gate_refuses_a_meaningless_max_wape_ratio(bad):
+    with pytest.raises(ValueError, match="max_wape_ratio must be a positive number"):
+        quality_gate(HOUSEHOLD, NAIVE, max_wape_ratio=bad)
+
+
+def test_quality_gate_settings_are_keyword_only():
+    with pytest.raises(TypeError):
+        quality_gate(HOUSEHOLD, NAIVE, 1.0)  # type: ignore[misc]
+
+
+def test_gate_result_fields():
+    result = quality_gate(HOUSEHOLD, NAIVE)
+    assert isinstance(result, GateResult)
+    assert {f for f in GateResult.__dataclass_fields__} == {
+        "passed",
+        "reasons",
+        "summary",
+        "wape_ratio",
+    }

@@ -11,11 +11,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from forecast_assets import publication
 from forecast_assets.assets import ALL_ASSETS
 from forecast_assets.definitions import resources_for
 from forecast_assets.environment import schedule_timezone
 from forecast_assets.jobs import ALL_JOBS, inference_job, training_job
 from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.publication import PREPROCESSED
 from forecast_assets.schedules import (
     SCHEDULE_TIMEZONE,
     daily_forecast_schedule,
@@ -23,6 +25,7 @@ from forecast_assets.schedules import (
 )
 from forecast_assets.sensors import raw_files_sensor
 from resources.database import Database
+from resources.storage import LocalObjectStore
 
 PARTITIONS = customers_partitions_def.name or "customers"
 SUNDAY_2AM = datetime(2025, 11, 9, 2, 0, tzinfo=UTC)
@@ -145,44 +148,51 @@ def test_training_skips_without_customers(instance: dg.DagsterInstance):
 # Daily forecasting -------------------------------------------------------------------------------
 
 
-def test_forecasting_runs_only_customers_whose_latest_model_is_approved(
-    instance: dg.DagsterInstance, database: Database, capsys: pytest.CaptureFixture[str]
+def publish_load(store: LocalObjectStore, customer: str) -> None:
+    publication.publish(store, PREPROCESSED, customer, "v1", contents={"load.parquet": b"x"})
+
+
+def test_forecasting_runs_every_customer_with_preprocessed_load(
+    instance: dg.DagsterInstance,
+    database: Database,
+    store: LocalObjectStore,
+    capsys: pytest.CaptureFixture[str],
 ):
-    register(database, "acme", "v1", "Rejected")
-    register(database, "acme", "v2", "Approved")  # latest approved: forecast
+    # Whatever its models: newest approved, previous approved, or none (seasonal naive).
+    register(database, "acme", "v1", "Approved")
     register(database, "globex", "v1", "Approved")
-    register(database, "globex", "v2", "Rejected")  # latest rejected: never, though v1 was fine
-    register(database, "hooli", "v1", "Approved")
-    register(database, "hooli", "v2", "PendingManualApproval")  # latest awaits a person
-    register(database, "umbrella", "v1", "Approved")
+    register(database, "globex", "v2", "Rejected")
+    register(database, "hooli", "v1", "Rejected")
+    for customer in ("acme", "globex", "hooli", "umbrella"):
+        publish_load(store, customer)
     instance.add_dynamic_partitions(PARTITIONS, ["acme", "globex", "hooli", "initech", "umbrella"])
 
-    runs = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, database=database)
+    runs = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, store=store)
     assert [(r.partition_key, r.run_key) for r in runs] == [
         ("acme", "acme:2025-11-10"),
+        ("globex", "globex:2025-11-10"),
+        ("hooli", "hooli:2025-11-10"),
         ("umbrella", "umbrella:2025-11-10"),
     ]
     logged = capsys.readouterr().err
-    assert "forecasting 2 customer(s); 3 skipped" in logged
-    assert "globex: latest model version v2 is Rejected" in logged
-    assert "hooli: latest model version v2 is PendingManualApproval" in logged
-    assert "initech: no model version yet" in logged
+    assert "forecasting 4 customer(s); 1 skipped" in logged
+    assert "initech: no preprocessed load yet" in logged
 
 
-def test_forecasting_skips_when_no_customer_has_an_approved_latest_model(
-    instance: dg.DagsterInstance, database: Database
+def test_forecasting_skips_when_no_customer_has_preprocessed_load(
+    instance: dg.DagsterInstance, store: LocalObjectStore
 ):
-    register(database, "globex", "v1", "Rejected")
     instance.add_dynamic_partitions(PARTITIONS, ["globex", "initech"])
-    result = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, database=database)
+    result = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, store=store)
     assert isinstance(result, dg.SkipReason)
     assert result.skip_message == (
-        "no customer has an Approved latest model (2 skipped): globex: latest model version v1 "
-        "is Rejected; initech: no model version yet"
+        "no customer has preprocessed load yet (2 skipped): globex: no preprocessed load yet "
+        "(materialize forecast_job for it); initech: no preprocessed load yet (materialize "
+        "forecast_job for it)"
     )
 
 
-def test_forecasting_skips_without_customers(instance: dg.DagsterInstance, database: Database):
-    result = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, database=database)
+def test_forecasting_skips_without_customers(instance: dg.DagsterInstance, store: LocalObjectStore):
+    result = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, store=store)
     assert isinstance(result, dg.SkipReason)
     assert "no customers" in (result.skip_message or "")

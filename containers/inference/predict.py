@@ -2,19 +2,41 @@
 
 Inputs (ProcessingInputs):
   /opt/ml/processing/input/model     model.tar.gz from a training job that passed its gate
+                                     (not needed, and may be absent, for the fallback)
   /opt/ml/processing/input/history   load.parquet, the preprocessed load table
 Output (ProcessingOutput):
   /opt/ml/processing/output/forecast/forecast.parquet
-      timestamp, device_id, energy_kwh, model_version, issued_at
+      timestamp, device_id, energy_kwh, model_version, source, issued_at
 
-Batch mode (``--batch <batch input>/batch.json`` instead of ``--customer-id`` and
-``--model-version``; see forecast_core.batch) does the same for each customer ``<c>`` of the
-batch, whose entry names its ``model_version``: the model at ``<model-dir>/<c>/model.tar.gz``,
-the history at ``<history-dir>/<c>/load.parquet``, the forecast written to
-``<output-dir>/<c>/forecast.parquet``. ``--horizon-hours`` and ``--issued-at`` apply to all.
+``source`` says where the forecast comes from, as the caller chose it: ``newest`` (the newest
+model, which is approved), ``previous_approved`` (an older approved model, because the newest
+was rejected) or ``seasonal_naive_fallback`` (no approved model at all). One customer:
+``--model-version V [--source newest|previous_approved]`` forecasts with the model, or
+``--fallback seasonal-naive`` without one (``model_version`` is then ``seasonal-naive``).
 
-The horizon is ``--horizon-hours`` at the data's resolution. It may not exceed the horizon the
-model was trained for: its lags are exactly long enough for that and no longer.
+The seasonal-naive fallback forecasts each device's value at the same time one week earlier
+(as ``forecast_core.metrics.seasonal_naive``, the baseline every model is gated against); where
+that is a gap, the value one day earlier (itself forecast, beyond the first day); where that is
+missing too, the device's mean at that time of day (UTC) over its last four weeks of readings,
+else over all its readings. It never leaves a value missing. Its horizon, ``--horizon-hours``, is
+required and at most one week, at the resolution of the history's timestamps.
+
+Batch mode (``--batch <batch input>/batch.json`` instead of ``--customer-id``; see
+forecast_core.batch) does the same for each customer ``<c>`` of the batch. Each entry names its
+``source`` (default ``newest``) and ``model_version``: a string for a model, at
+``<model-dir>/<c>/model.tar.gz``; null (or absent) for ``seasonal_naive_fallback``, which reads
+no model and whose model folder may be absent. The history is at
+``<history-dir>/<c>/load.parquet``, the forecast is written to ``<output-dir>/<c>/forecast.parquet``.
+``--horizon-hours`` and ``--issued-at`` apply to all::
+
+    {"customers": [{"customer_id": "a", "model_version": "20251102-...", "source": "newest"},
+                   {"customer_id": "b", "model_version": null, "source": "seasonal_naive_fallback"}]}
+
+With a model, the horizon is ``--horizon-hours`` at the data's resolution. It may not exceed the
+horizon the model was trained for: its lags are exactly long enough for that and no longer.
+
+Negative forecasts are set to 0 (energy drawn is never negative); nothing else is clipped, so
+an absurd model shows as absurd values for the publishing side's checks to reject.
 """
 
 from __future__ import annotations
@@ -35,10 +57,18 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
 from forecast_core import runtime
-from forecast_core.batch import read_batch, run_each
+from forecast_core.batch import BatchFileError, read_batch, run_each
 from forecast_core.features import FeatureSpec, build_features, regular_grid
+from forecast_core.metrics import ONE_WEEK, seasonal_naive
 
 PROCESSING = Path("/opt/ml/processing")
+
+NEWEST, PREVIOUS_APPROVED, FALLBACK = "newest", "previous_approved", "seasonal_naive_fallback"
+SOURCES = (NEWEST, PREVIOUS_APPROVED, FALLBACK)
+FALLBACK_MODEL_VERSION = "seasonal-naive"
+FALLBACK_MAX_HORIZON_HOURS = 168.0  # one week: every value a week earlier is then known
+ONE_DAY = pd.Timedelta(days=1)
+RECENT = pd.Timedelta(days=28)
 
 
 class InferenceInputError(ValueError):
@@ -50,18 +80,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--customer-id")
     who.add_argument("--batch", type=Path, help="batch.json: forecast each customer it lists")
-    parser.add_argument("--model-version", help="one customer's; a batch names each customer's")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--model-version", help="one customer's; a batch names each customer's")
+    how.add_argument(
+        "--fallback",
+        choices=["seasonal-naive"],
+        help="one customer without a model: same time last week (needs --horizon-hours)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        help=f"one customer's: {NEWEST} (default with a model) or {PREVIOUS_APPROVED}; "
+        f"{FALLBACK} with --fallback",
+    )
     parser.add_argument("--model-dir", type=Path, default=PROCESSING / "input" / "model")
     parser.add_argument("--history-dir", type=Path, default=PROCESSING / "input" / "history")
     parser.add_argument("--output-dir", type=Path, default=PROCESSING / "output" / "forecast")
     parser.add_argument("--horizon-hours", type=float, default=None, help="default: the model's")
     parser.add_argument("--issued-at", default=None, help="ISO time the forecast is issued")
     args = parser.parse_args(argv)
-    if args.batch is None and args.model_version is None:
-        parser.error("the following arguments are required: --model-version")
-    if args.batch is not None and args.model_version is not None:
-        parser.error("--model-version is for one customer; a batch names each customer's")
+    if args.batch is not None:
+        for name in ("model_version", "fallback", "source"):
+            if getattr(args, name) is not None:
+                option = "--" + name.replace("_", "-")
+                parser.error(f"{option} is for one customer; a batch names each customer's")
+        return args
+    if args.model_version is None and args.fallback is None:
+        parser.error("one of the arguments --model-version --fallback is required")
+    if args.fallback is not None:
+        if args.source not in (None, FALLBACK):
+            parser.error(f"--fallback forecasts with source {FALLBACK}, not {args.source}")
+        if args.horizon_hours is None:
+            parser.error("--fallback needs --horizon-hours (it has no model to take one from)")
+        args.source = FALLBACK
+    else:
+        if args.source == FALLBACK:
+            parser.error(f"source {FALLBACK} is for --fallback, not a --model-version")
+        args.source = args.source or NEWEST
     return args
+
+
+def batch_entries(path: Path) -> list[dict[str, Any]]:
+    """The batch's customers, each with a valid ``source`` (default ``newest``) and a
+    ``model_version`` string, or None for the fallback."""
+    entries = read_batch(path)
+    for entry in entries:
+        customer = entry["customer_id"]
+        source = entry.setdefault("source", NEWEST)
+        if source not in SOURCES:
+            raise BatchFileError(
+                f"batch file {path}: customer '{customer}' has source {source!r}, "
+                f"not one of {', '.join(SOURCES)}"
+            )
+        version = entry.get("model_version")
+        if source == FALLBACK and version is not None:
+            raise BatchFileError(
+                f"batch file {path}: customer '{customer}' has source {FALLBACK} "
+                f"and model_version {version!r}: the fallback uses no model"
+            )
+        if source != FALLBACK and not isinstance(version, str):
+            raise BatchFileError(
+                f"batch file {path}: customer '{customer}' has no \"model_version\" string"
+            )
+        entry["model_version"] = version
+    return entries
 
 
 def load_model(model_dir: Path, workdir: Path, customer: str):
@@ -95,6 +177,15 @@ def horizon(customer: str, spec: FeatureSpec, horizon_hours: float | None) -> tu
     return hours, steps
 
 
+def read_history(customer: str, history_dir: Path) -> pd.DataFrame:
+    history_file = history_dir / "load.parquet"
+    if not history_file.exists():
+        raise InferenceInputError(f"customer '{customer}': no {history_file.name} in {history_dir}")
+    history = pd.read_parquet(history_file)
+    history["device_id"] = history["device_id"].astype(str)
+    return history
+
+
 def predict(
     customer: str,
     model_version: str,
@@ -103,15 +194,13 @@ def predict(
     output_dir: Path,
     horizon_hours: float | None,
     issued_at: pd.Timestamp,
+    source: str = NEWEST,
 ) -> dict[str, Any]:
-    """Forecast one customer into ``output_dir``/forecast.parquet; returns the metadata to report."""
+    """Forecast one customer with its model into ``output_dir``/forecast.parquet; returns the
+    metadata to report."""
     with tempfile.TemporaryDirectory() as tmp:
         model, spec, scales = load_model(model_dir, Path(tmp), customer)
-    history_file = history_dir / "load.parquet"
-    if not history_file.exists():
-        raise InferenceInputError(f"customer '{customer}': no {history_file.name} in {history_dir}")
-    history = pd.read_parquet(history_file)
-    history["device_id"] = history["device_id"].astype(str)
+    history = read_history(customer, history_dir)
     resolution = spec.resolution
     hours, steps = horizon(customer, spec, horizon_hours)
     last = history.loc[history["energy_kwh"].notna(), "timestamp"].max()
@@ -123,16 +212,135 @@ def predict(
         raise InferenceInputError(f"customer '{customer}': {exc}") from exc
     future = (grid["timestamp"] > last).to_numpy()
     predicted = model.predict(design.features[future]) * design.kwh_per_unit[future]
+    # Only below: an absurdly high forecast must stay visible to the checks before publishing.
     energy = np.clip(predicted, 0.0, None)
     forecast = pd.DataFrame(
         {
             "timestamp": grid.loc[future, "timestamp"].to_numpy(),
             "device_id": grid.loc[future, "device_id"].to_numpy(),
             "energy_kwh": energy,
-            "model_version": model_version,
-            "issued_at": issued_at,
         }
     )
+    return write_forecast(forecast, output_dir, hours, model_version, source, issued_at)
+
+
+def predict_fallback(
+    customer: str,
+    history_dir: Path,
+    output_dir: Path,
+    horizon_hours: float | None,
+    issued_at: pd.Timestamp,
+) -> dict[str, Any]:
+    """Forecast one customer without a model (see the module docstring) into
+    ``output_dir``/forecast.parquet; returns the metadata to report."""
+    if horizon_hours is None:
+        raise InferenceInputError(
+            f"customer '{customer}': the seasonal-naive fallback needs --horizon-hours"
+        )
+    history = read_history(customer, history_dir)
+    known = np.isfinite(history["energy_kwh"].to_numpy(dtype=float))
+    if "is_gap" in history.columns:
+        known &= ~history["is_gap"].fillna(False).to_numpy(dtype=bool)
+    readings = history.loc[known]
+    silent = sorted(set(history["device_id"]) - set(readings["device_id"]))
+    if readings.empty:
+        raise InferenceInputError(f"customer '{customer}': no readings to forecast from")
+    if silent:
+        raise InferenceInputError(
+            f"customer '{customer}': device(s) {silent} have no readings to forecast from"
+        )
+    resolution = data_resolution(customer, history)
+    steps = round(pd.Timedelta(hours=horizon_hours) / resolution)
+    if steps < 1 or horizon_hours > FALLBACK_MAX_HORIZON_HOURS:
+        raise InferenceInputError(
+            f"customer '{customer}': horizon of {horizon_hours} h is outside "
+            f"1 step..{FALLBACK_MAX_HORIZON_HOURS:g} h, the seasonal-naive fallback's (one week)"
+        )
+    last = readings["timestamp"].max()
+    future = pd.date_range(last + resolution, periods=steps, freq=resolution)
+    parts = []
+    for device, values in readings.groupby("device_id", sort=True):
+        series = pd.Series(
+            values["energy_kwh"].to_numpy(dtype=float), index=pd.DatetimeIndex(values["timestamp"])
+        )
+        series = series[~series.index.duplicated(keep="last")].sort_index()
+        parts.append(
+            pd.DataFrame(
+                {
+                    "timestamp": future,
+                    "device_id": device,
+                    "energy_kwh": seasonal_naive_forecast(series, future),
+                }
+            )
+        )
+    forecast = pd.concat(parts, ignore_index=True)
+    forecast["energy_kwh"] = np.clip(forecast["energy_kwh"].to_numpy(), 0.0, None)
+    hours = float(steps * resolution / pd.Timedelta(hours=1))
+    return write_forecast(forecast, output_dir, hours, FALLBACK_MODEL_VERSION, FALLBACK, issued_at)
+
+
+def data_resolution(customer: str, history: pd.DataFrame) -> pd.Timedelta:
+    """The history's interval: the most common step between a device's consecutive timestamps."""
+    steps = (
+        history[["device_id", "timestamp"]]
+        .drop_duplicates()
+        .sort_values(["device_id", "timestamp"])
+        .groupby("device_id")["timestamp"]
+        .diff()
+        .dropna()
+    )
+    steps = steps[steps > pd.Timedelta(0)]
+    if steps.empty:
+        raise InferenceInputError(
+            f"customer '{customer}': cannot tell the data's resolution from single timestamps"
+        )
+    resolution = pd.Timedelta(steps.mode().min())
+    if ONE_DAY % resolution != pd.Timedelta(0):
+        raise InferenceInputError(
+            f"customer '{customer}': resolution {resolution} does not divide a day"
+        )
+    return resolution
+
+
+def seasonal_naive_forecast(known: pd.Series, future: pd.DatetimeIndex) -> np.ndarray:
+    """Values at ``future`` from ``known`` readings (NaN-free, by time): a week earlier, else a
+    day earlier (a forecast value beyond the first day), else the mean at that time of day."""
+    timeline = pd.Series(np.nan, index=known.index.union(future))
+    timeline.loc[known.index] = known.to_numpy()
+    forecast = seasonal_naive(timeline, ONE_WEEK).reindex(future)
+    # A day earlier may itself be a forecast: each round fills one more day of the horizon.
+    for _ in range(int(np.ceil((future[-1] - future[0]) / ONE_DAY)) + 1):
+        if not forecast.isna().any():
+            break
+        timeline.loc[future] = forecast.to_numpy()
+        forecast = forecast.fillna(seasonal_naive(timeline, ONE_DAY).reindex(future))
+    if forecast.isna().any():
+        recent = known[known.index > known.index[-1] - RECENT]
+        by_slot = slot_means(recent).combine_first(slot_means(known))
+        slots = pd.Series(time_of_day(future), index=future)
+        forecast = forecast.fillna(slots.map(by_slot)).fillna(float(known.mean()))
+    return forecast.to_numpy(dtype=float)
+
+
+def time_of_day(index: pd.DatetimeIndex) -> np.ndarray:
+    return (index - index.normalize()).to_numpy()
+
+
+def slot_means(series: pd.Series) -> pd.Series:
+    return series.groupby(time_of_day(pd.DatetimeIndex(series.index))).mean()
+
+
+def write_forecast(
+    forecast: pd.DataFrame,
+    output_dir: Path,
+    hours: float,
+    model_version: str,
+    source: str,
+    issued_at: pd.Timestamp,
+) -> dict[str, Any]:
+    """Write ``forecast`` (timestamp, device_id, energy_kwh) with where it comes from; return the
+    metadata to report."""
+    forecast = forecast.assign(model_version=model_version, source=source, issued_at=issued_at)
     forecast["timestamp"] = pd.to_datetime(forecast["timestamp"], utc=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     forecast.to_parquet(output_dir / "forecast.parquet", index=False)
@@ -144,6 +352,7 @@ def predict(
         "horizon_hours": float(hours),
         "total_kwh": round(float(forecast["energy_kwh"].sum()), 3),
         "model_version": model_version,
+        "source": source,
     }
 
 
@@ -152,23 +361,34 @@ def main(report: runtime.Report, argv: list[str] | None = None) -> None:
     # One issue time for the whole job, so every customer of a batch has the same.
     issued_at = issue_time(args.issued_at)
 
-    def run(customer: str, model_version: str, folder: str) -> dict[str, Any]:
+    def run(customer: str, model_version: str | None, source: str, folder: str) -> dict[str, Any]:
         # A batch customer's files sit in a folder named after it; a lone customer's in "".
+        history_dir, output_dir = args.history_dir / folder, args.output_dir / folder
+        if source == FALLBACK:
+            return predict_fallback(
+                customer, history_dir, output_dir, args.horizon_hours, issued_at
+            )
+        assert model_version is not None  # parse_args and batch_entries see to it
         return predict(
             customer,
             model_version,
             args.model_dir / folder,
-            args.history_dir / folder,
-            args.output_dir / folder,
+            history_dir,
+            output_dir,
             args.horizon_hours,
             issued_at,
+            source,
         )
 
     if args.batch is None:
-        report.materialization(run(args.customer_id, args.model_version, ""))
+        report.materialization(run(args.customer_id, args.model_version, args.source, ""))
         return
-    entries = read_batch(args.batch, required=("model_version",))
-    run_each(report, entries, lambda e: run(e["customer_id"], e["model_version"], e["customer_id"]))
+    entries = batch_entries(args.batch)
+    run_each(
+        report,
+        entries,
+        lambda e: run(e["customer_id"], e["model_version"], e["source"], e["customer_id"]),
+    )
 
 
 if __name__ == "__main__":

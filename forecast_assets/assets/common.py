@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from forecast_assets import paths
+from forecast_assets import paths, publication
 from forecast_assets.customers import InvalidCustomerIdError, validate_customer_id
+from forecast_assets.publication import Publication
 from resources.jobs.base import CompletedJob
 from resources.storage import ObjectStore, join_uri
 
@@ -143,25 +144,6 @@ def job_reports(job: CompletedJob, customers: list[str]) -> dict[str, dict[str, 
     return {customer: reported.get(customer, {}) for customer in customers}
 
 
-def require_inputs(
-    store: ObjectStore,
-    customers: list[str],
-    input_uri: Callable[[str], str],
-    upstream: str,
-    what: str,
-) -> None:
-    """Fail the step before any job starts if a customer's input is missing, naming each."""
-    fail_for_customers(
-        {
-            c: f"customer '{c}': {input_uri(c)} is missing; materialize {upstream} first"
-            for c in customers
-            if not store.exists(input_uri(c))
-        },
-        len(customers),
-        what,
-    )
-
-
 def fail_for_customers(problems: dict[str, str], total: int, what: str) -> None:
     """Fail the step when any of its customers cannot go on, naming each and why."""
     if problems:
@@ -172,14 +154,87 @@ def fail_for_customers(problems: dict[str, str], total: int, what: str) -> None:
         )
 
 
-def promote(store: ObjectStore, staging_prefix: str, target_uris: dict[str, str]) -> None:
-    """Copy a job's finished outputs from its staging prefix to their published URIs.
+def stop_if_blocked(
+    asset_key: dg.AssetKey,
+    checks: dict[str, list[dg.AssetCheckResult]],
+    blocking: set[str],
+) -> Iterator[dg.AssetCheckResult]:
+    """Before anything is published: if a blocking check failed for any customer, yield the
+    step's check results and fail it; yields nothing when every blocking check passed.
 
-    Jobs never write published data directly: a failed or half-finished job leaves the last good
-    outputs in place, and each copy replaces its object atomically.
+    Used as ``yield from stop_if_blocked(...)`` in a step, so the failed check shows on the
+    asset and the error names each customer and what its check found. Nothing of the step is
+    published and the last good outputs stay as they were.
     """
-    for name, target in target_uris.items():
-        store.copy_object(join_uri(staging_prefix, name), target)
+    failure = blocking_failure(asset_key, checks, blocking)
+    if failure is not None:
+        yield from combine_checks(checks)
+        raise failure
+
+
+def blocking_failure(
+    asset_key: dg.AssetKey,
+    checks: dict[str, list[dg.AssetCheckResult]],
+    blocking: set[str],
+) -> dg.Failure | None:
+    """The step's failure if a blocking check failed for any customer; None otherwise."""
+    failed = {
+        customer: [r for r in results if r.check_name in blocking and not r.passed]
+        for customer, results in checks.items()
+    }
+    failed = {c: results for c, results in failed.items() if results}
+    if not failed:
+        return None
+    lines = [
+        f"{r.check_name} failed: {r.description or f'customer {c!r}'}"
+        for c, results in failed.items()
+        for r in results
+    ]
+    return dg.Failure(
+        description=f"{len(failed)} of {len(checks)} customer(s) failed a blocking check of "
+        f"{asset_key.to_user_string()}; nothing was published and the last good outputs stay:\n"
+        + "\n".join(lines),
+        metadata={"failed_customers": dg.MetadataValue.json(sorted(failed))},
+    )
+
+
+def reused_publications(
+    store: ObjectStore, dataset: str, inputs: dict[str, str]
+) -> dict[str, Publication]:
+    """The customers whose current ``dataset`` was made from exactly these inputs.
+
+    Their job need not run again: same validated data, same code, same settings give the same
+    outputs (data versions are content hashes).
+    """
+    found = {c: publication.reusable(store, dataset, c, digest) for c, digest in inputs.items()}
+    return {c: p for c, p in found.items() if p is not None}
+
+
+def published_metadata(published: Publication) -> dict[str, Any]:
+    """What a materialization says about the version it published (or reused)."""
+    main = publication.MAIN_FILE[published.dataset]
+    info = {
+        k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
+        for k, v in published.info.items()
+    }
+    if "rows" in published.info:
+        info["dagster/row_count"] = published.info["rows"]
+    return {
+        **info,
+        "version": published.version,
+        "uri": dg.MetadataValue.url(published.uri(main)),
+        "pointer": dg.MetadataValue.url(publication.pointer_uri_of(published)),
+    }
+
+
+def reused_metadata(published: Publication) -> dict[str, Any]:
+    """Metadata of a step that reused a customer's current version instead of running a job."""
+    return {
+        **published_metadata(published),
+        "reused": True,
+        "reused_note": f"inputs, code and settings unchanged since run {published.run_id}: "
+        f"version {published.version} reused, no job run",
+    }
 
 
 def read_json(store: ObjectStore, uri: str) -> Any:

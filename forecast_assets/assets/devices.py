@@ -2,10 +2,11 @@
 
 import dagster as dg
 
-from forecast_assets import paths
+from forecast_assets import publication
 from forecast_assets.assets.common import GROUP, customer_ids, materialize_result, read_json
 from forecast_assets.assets.preprocessed import preprocessed_load
 from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.publication import PREPROCESSED
 from resources.database import Database
 from resources.storage import ObjectStore
 
@@ -22,13 +23,16 @@ def device_registry(
 ) -> dg.MaterializeResult:
     """Every meter of the customer: vendor, first and last reading, number of readings.
 
-    Source: ``devices.json`` written by the preprocessing job. Table ``devices`` (customer_id,
-    device_id) in the database (PostgreSQL in production, SQLite locally). Re-registering a
-    device widens its first/last reading, never narrows it.
+    Source: ``devices.json`` of the customer's current ``preprocessed/load`` version. Table
+    ``devices`` (customer_id, device_id) in the database (PostgreSQL in production, SQLite
+    locally), written in one transaction per customer. Re-registering a device widens its
+    first/last reading, never narrows it.
     """
+    customers = customer_ids(context)
+    tables = publication.require(store, PREPROCESSED, customers, "have no devices to register")
     per_customer = {}
-    for customer in customer_ids(context):
-        devices = read_json(store, paths.preprocessed(store, customer, "devices.json"))
+    for customer in customers:
+        devices = read_json(store, tables[customer].uri("devices.json"))
         counts = database.upsert_devices(customer, devices)
         table = database.devices(customer)
         per_customer[customer] = {
@@ -36,6 +40,7 @@ def device_registry(
             "new_devices": counts["new"],
             "updated_devices": counts["updated"],
             "vendors": ", ".join(sorted(table["vendor"].unique())) if len(table) else "",
+            "preprocessed_version": tables[customer].version,
             "dagster/row_count": len(table),
         }
     return materialize_result(context, per_customer, {"table": "devices"})

@@ -1,29 +1,36 @@
-"""forecasts/load_forecast: the next hours of load per device, from the latest approved model."""
+"""forecasts/load_forecast: the next hours of load per device, from the best model a customer has."""
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
-from forecast_assets import paths
+from forecast_assets import paths, publication
 from forecast_assets.assets.common import (
     GROUP,
     PROCESSING_POOL,
     customer_ids,
-    fail_for_customers,
     job_label,
     job_reports,
     job_tags,
     materialize_result,
-    promote,
+    published_metadata,
     read_parquet,
+    reused_metadata,
+    reused_publications,
     stage_batch_file,
     stage_per_customer,
+    stop_if_blocked,
 )
 from forecast_assets.assets.model import load_forecast_model
 from forecast_assets.assets.preprocessed import preprocessed_load
 from forecast_assets.partitions import customers_partitions_def
-from resources.database import Database
+from forecast_assets.publication import FORECASTS, PREPROCESSED
+from forecast_core.sanity import forecast_problems
+from resources.database import Database, ModelVersion
 from resources.jobs import JobLauncher
 from resources.jobs.requests import (
     PROCESSING_INPUT_ROOT,
@@ -39,17 +46,71 @@ from resources.storage import ObjectStore, join_uri
 class ForecastConfig(dg.Config):
     horizon_hours: float = Field(
         default=48,
-        description="Hours to forecast after the last reading (at most the model's horizon).",
+        description="Hours to forecast after the last reading (at most the model's horizon; at "
+        "most 168 for the seasonal-naive fallback).",
+    )
+    max_multiple_of_history: float = Field(
+        default=10.0,
+        description="forecast_sanity fails on a value above this multiple of the meter's own "
+        "largest value in its history.",
+    )
+
+
+# Which model makes a customer's forecast, in order of preference.
+Source = Literal["newest", "previous_approved", "seasonal_naive_fallback"]
+FALLBACK_VERSION = "seasonal-naive"
+KEY = dg.AssetKey(["forecasts", "load_forecast"])
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    source: Source
+    model: ModelVersion | None
+    why: str
+
+    @property
+    def version(self) -> str:
+        return self.model.version if self.model is not None else FALLBACK_VERSION
+
+
+def choose_model(database: Database, customer: str) -> ModelChoice:
+    """The model that forecasts ``customer``: its newest version if Approved, else its latest
+    Approved one, else seasonal naive (same time last week), which needs no model at all."""
+    versions = database.model_versions(customer)  # newest first
+    approved = next((m for m in versions if m.status == "Approved"), None)
+    if versions and approved is versions[0]:
+        return ModelChoice("newest", approved, f"newest model {approved.version} is Approved")
+    newest = (
+        f"newest model {versions[0].version} is {versions[0].status}" if versions else "no model"
+    )
+    if approved is not None:
+        return ModelChoice(
+            "previous_approved", approved, f"{newest}; {approved.version} is the latest Approved"
+        )
+    return ModelChoice(
+        "seasonal_naive_fallback",
+        None,
+        f"{newest} and none is Approved; seasonal naive (same time last week) instead",
     )
 
 
 @dg.asset(
-    key=["forecasts", "load_forecast"],
+    key=KEY,
     deps=[load_forecast_model, preprocessed_load],
     partitions_def=customers_partitions_def,
     group_name=GROUP,
     kinds={"sagemaker", "parquet", "postgres"},
     pool=PROCESSING_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "forecast_sanity",
+            asset=KEY,
+            blocking=True,
+            description="Every forecast value is finite, not negative and at most "
+            "max_multiple_of_history times its meter's largest value so far; checked before the "
+            "forecast is published.",
+        )
+    ],
 )
 def load_forecast(
     context: dg.AssetExecutionContext,
@@ -57,54 +118,100 @@ def load_forecast(
     store: ObjectStore,
     launcher: JobLauncher,
     database: Database,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Forecast load per device for the ``horizon_hours`` after the customer's last reading.
 
-    Batch inference as a SageMaker Processing job (``containers/inference``) with the
-    customer's most recent model whose quality gate passed and that is Approved in the model
-    registry; never from a rejected one. Grain: one row per device per interval, at the data's
-    resolution. Published at ``forecasts/<customer>/forecast.parquet`` and in table
-    ``forecasts`` (a retried run replaces its own rows).
+    Batch inference as a SageMaker Processing job (``containers/inference``). Every customer with
+    preprocessed load is forecast: with its newest model if that is Approved, else with its
+    latest Approved model, else with seasonal naive (same time last week); never with a
+    rejected model. The forecast says which (``source``: newest, previous_approved,
+    seasonal_naive_fallback) in its metadata, its file and the ``forecasts`` table. Grain: one
+    row per device per interval, at the data's resolution.
+
+    The forecast is checked (``forecast_sanity``) before anything is published; then its rows
+    are stored in table ``forecasts`` in one transaction (a retried run replaces its own rows),
+    and only after that commits does ``forecast.parquet`` become the customer's current version
+    (``forecasts/<customer>/current.json``). A failed run leaves the last good forecast in both.
+    Unchanged history, model, code and horizon reuse the current forecast.
     """
     customers = customer_ids(context)
-    models = {c: database.latest_approved_model(c) for c in customers}
-    fail_for_customers(
-        {
-            c: f"customer '{c}': no approved model to forecast with; materialize "
-            "models/load_forecast_model (its quality gate must pass)"
-            for c, model in models.items()
-            if model is None
-        },
-        len(customers),
-        "cannot be forecast",
-    )
-    approved = {c: model for c, model in models.items() if model is not None}
+    tables = publication.require(store, PREPROCESSED, customers, "cannot be forecast")
+    choices = {c: choose_model(database, c) for c in customers}
     code_uri, entry = launcher.publish_code("inference")
-    name = job_name("inference", job_label(customers), context.run_id, context.retry_number)
+    inputs = {
+        c: publication.inputs_digest(
+            history=tables[c].version,
+            model=choices[c].version,
+            source=choices[c].source,
+            code=code_uri,
+            horizon_hours=config.horizon_hours,
+        )
+        for c in customers
+    }
+    reused = reused_publications(store, FORECASTS, inputs)
+    per_customer = {c: reused_metadata(p) for c, p in reused.items()}
+    # Checked again with today's settings: reuse skips the job, not the check.
+    checks = {
+        c: [
+            sanity_check(
+                c,
+                forecast_problems(
+                    read_parquet(store, p.uri(paths.FORECAST_FILE)),
+                    read_parquet(store, tables[c].uri("load.parquet")),
+                    max_multiple=config.max_multiple_of_history,
+                ),
+                choices[c],
+            )
+        ]
+        for c, p in reused.items()
+    }
+    to_run = [c for c in customers if c not in reused]
+    for customer in to_run:
+        if choices[customer].source != "newest":
+            context.log.warning(f"customer '{customer}': {choices[customer].why}")
+    if not to_run:
+        yield from stop_if_blocked(KEY, checks, {"forecast_sanity"})
+        yield materialize_result(context, per_customer, {}, checks)
+        return
+
+    name = job_name("inference", job_label(to_run), context.run_id, context.retry_number)
     staging = paths.job_output(store, name, "forecast")
     issued_at = datetime.now(UTC).isoformat()
-    if len(customers) == 1:
-        (customer,) = customers
-        arguments = ["--customer-id", customer, "--model-version", approved[customer].version]
-        inputs = [
-            JobInput("model", approved[customer].model_uri),
-            JobInput("history", paths.preprocessed(store, customer)),
-        ]
+    with_model = {c: m for c in to_run if (m := choices[c].model) is not None}
+    inputs_: list[JobInput] = []
+    if len(to_run) == 1:
+        (customer,) = to_run
+        choice = choices[customer]
+        arguments = ["--customer-id", customer, "--source", choice.source]
+        if choice.model is not None:
+            arguments += ["--model-version", choice.model.version]
+            inputs_.append(JobInput("model", choice.model.model_uri))
+        else:
+            arguments += ["--fallback", "seasonal-naive"]
+        inputs_.append(JobInput("history", tables[customer].uri("load.parquet")))
         staged = {customer: staging}
     else:
-        entries = [{"customer_id": c, "model_version": approved[c].version} for c in customers]
-        arguments = ["--batch", f"{processing_local_path('input', 'batch')}/batch.json"]
-        model_uris = {c: approved[c].model_uri for c in customers}
-        history_uris = {c: paths.preprocessed(store, c) for c in customers}
-        inputs = [
-            JobInput("batch", stage_batch_file(store, name, entries)),
-            JobInput("model", stage_per_customer(store, name, "model", model_uris)),
-            JobInput("history", stage_per_customer(store, name, "history", history_uris)),
+        entries = [
+            {
+                "customer_id": c,
+                "model_version": choices[c].version if c in with_model else None,
+                "source": choices[c].source,
+            }
+            for c in to_run
         ]
-        staged = {c: join_uri(staging, c) for c in customers}
+        arguments = ["--batch", f"{processing_local_path('input', 'batch')}/batch.json"]
+        history_uris = {c: tables[c].uri("load.parquet") for c in to_run}
+        inputs_ = [JobInput("batch", stage_batch_file(store, name, entries))]
+        if with_model:
+            model_uris = {c: m.model_uri for c, m in with_model.items()}
+            inputs_.append(JobInput("model", stage_per_customer(store, name, "model", model_uris)))
+        inputs_.append(
+            JobInput("history", stage_per_customer(store, name, "history", history_uris))
+        )
+        staged = {c: join_uri(staging, c) for c in to_run}
     request = processing_job_request(
         name=name,
-        settings=launcher.settings_for("inference").for_batch(len(customers), "inference"),
+        settings=launcher.settings_for("inference").for_batch(len(to_run), "inference"),
         role_arn=launcher.role_arn,
         entrypoint=["python3", f"{PROCESSING_INPUT_ROOT}/code/bootstrap.py", entry],
         arguments=[
@@ -120,33 +227,75 @@ def load_forecast(
             "--issued-at",
             issued_at,
         ],
-        inputs=[JobInput("code", code_uri), *inputs],
+        inputs=[JobInput("code", code_uri), *inputs_],
         outputs=[JobOutput("forecast", staging)],
-        tags=job_tags(context, customers),
+        tags=job_tags(context, to_run),
         platform=launcher.platform,
     )
     job = launcher.run_processing_job(
-        context=context, request=request, extras={"customer_ids": customers}
+        context=context, request=request, extras={"customer_ids": to_run}
     )
 
-    reports = job_reports(job, customers)
-    per_customer = {}
-    for customer in customers:
-        target = paths.forecast(store, customer)
-        promote(store, staged[customer], {"forecast.parquet": target})
-        forecast = read_parquet(store, target)
+    # Checked where the job left it, against the customer's own history, before publishing.
+    reports = job_reports(job, to_run)
+    forecasts = {}
+    for customer in to_run:
+        staged_file = join_uri(staged[customer], paths.FORECAST_FILE)
+        forecasts[customer] = (staged_file, read_parquet(store, staged_file))
+        history = read_parquet(store, tables[customer].uri("load.parquet"))
+        problems = forecast_problems(
+            forecasts[customer][1], history, max_multiple=config.max_multiple_of_history
+        )
+        checks[customer] = [sanity_check(customer, problems, choices[customer])]
+    yield from stop_if_blocked(KEY, checks, {"forecast_sanity"})
+
+    for customer, (staged_file, forecast) in forecasts.items():
+        choice = choices[customer]
+        # The table first, in one transaction; the file becomes current only once it committed.
         rows = database.replace_forecast(customer, context.run_id, forecast)
+        published = publication.publish(
+            store,
+            FORECASTS,
+            customer,
+            publication.new_version(name),
+            sources={paths.FORECAST_FILE: staged_file},
+            run_id=context.run_id,
+            inputs=inputs[customer],
+            info={
+                "rows": rows,
+                "devices": int(forecast["device_id"].nunique()),
+                "start": forecast["timestamp"].min().isoformat(),
+                "end": forecast["timestamp"].max().isoformat(),
+                "total_kwh": round(float(forecast["energy_kwh"].sum()), 2),
+                "source": choice.source,
+                "source_reason": choice.why,
+                "model_version": choice.version,
+                "history_version": tables[customer].version,
+                "issued_at": issued_at,
+            },
+        )
         per_customer[customer] = {
             **reports[customer],
-            "rows": rows,
-            "devices": int(forecast["device_id"].nunique()),
-            "start": forecast["timestamp"].min().isoformat(),
-            "end": forecast["timestamp"].max().isoformat(),
-            "total_kwh": round(float(forecast["energy_kwh"].sum()), 2),
-            "model_version": approved[customer].version,
-            "uri": dg.MetadataValue.url(target),
-            "dagster/row_count": rows,
+            **published_metadata(published),
+            "reused": False,
         }
-    return materialize_result(
-        context, per_customer, {**job.metadata(), "issued_at": issued_at, "table": "forecasts"}
+    yield materialize_result(
+        context, per_customer, {**job.metadata(), "table": "forecasts"}, checks
+    )
+
+
+def sanity_check(
+    customer: str, problems: list[str], choice: ModelChoice | None = None
+) -> dg.AssetCheckResult:
+    """The forecast_sanity result of one customer's forecast."""
+    made_by = f" by {choice.source} model {choice.version}" if choice is not None else ""
+    return dg.AssetCheckResult(
+        check_name="forecast_sanity",
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"customer '{customer}': the forecast{made_by} is implausible: "
+        + "; ".join(problems)
+        if problems
+        else None,
+        metadata={"customer": customer, "problems": len(problems)},
     )
