@@ -549,7 +549,8 @@ def stats(values: Sequence[float]) -> dict[str, float | int | None]:
 
 def model_wapes(data_home: Path, customers: Sequence[str]) -> dict[str, Any]:
     """Per customer: forecast file present, forecast rows and latest model WAPE in the db."""
-    from forecast_assets import paths
+    from forecast_assets import publication
+    from forecast_assets.publication import FORECASTS
     from resources.database import Database
     from resources.storage import LocalObjectStore
 
@@ -561,7 +562,7 @@ def model_wapes(data_home: Path, customers: Sequence[str]) -> dict[str, Any]:
         latest = max(versions, key=lambda v: v.created_at) if versions else None
         forecast = database.latest_forecast(customer) if versions else []
         out[customer] = {
-            "forecast_file": store.exists(paths.forecast(store, customer)),
+            "forecast_file": publication.current(store, FORECASTS, customer) is not None,
             "forecast_rows": len(forecast),
             "model_status": latest.status if latest else None,
             "model_wape_pct": latest.metrics["model"]["wape"] if latest else None,

@@ -5,6 +5,10 @@ first path segment after ``landing/``, and compares each object with the cursor.
 new or changed files gets one run (partition = customer); a customer not yet in the ``customers``
 partition set is added in the same tick as its run. A key whose customer folder is not a valid
 customer id is logged and left out, never a sensor error; a store that cannot be listed is.
+Objects that are not meter files (folder markers, hidden and temporary files: the one rule in
+``forecast_assets.landing``, which raw_load applies too) are counted and left out: they never
+start a run, nor move the cursor. A key raw_load calls bad (an empty, ``.`` or ``..`` segment)
+is a file here, so its run fails naming it rather than the sensor hiding it.
 
 The cursor
 ----------
@@ -72,6 +76,7 @@ import dagster as dg
 
 from forecast_assets.customers import InvalidCustomerIdError, validate_customer_id
 from forecast_assets.jobs import forecast_job
+from forecast_assets.landing import classify
 from forecast_assets.partitions import customers_partitions_def
 from resources.storage import ObjectInfo, ObjectStore
 
@@ -188,15 +193,29 @@ class IgnoredFolder:
     reason: str
 
 
-def split_landing(
-    landing: str, objects: Iterable[ObjectInfo]
-) -> tuple[list[LandingFile], dict[str, IgnoredFolder]]:
-    """Files in valid customer folders, and the folders left out (by folder, with the reason)."""
+@dataclass
+class LandingListing:
+    files: list[LandingFile]
+    """Meter files (and bad keys, for raw_load to name) in valid customer folders."""
+    ignored: dict[str, IgnoredFolder]
+    """Folders left out, with the reason: not customer folders."""
+    skipped: int
+    """Objects that are not meter files (see ``forecast_assets.landing``)."""
+
+
+def read_landing(landing: str, objects: Iterable[ObjectInfo]) -> LandingListing:
+    """Sort a listing of ``landing`` into files, ignored folders and skipped objects."""
     files: list[LandingFile] = []
     ignored: dict[str, IgnoredFolder] = {}
+    skipped = 0
     for info in objects:
         relative = info.uri[len(landing) :]
-        segment, sep, rest = relative.partition("/")
+        # The whole path below landing/: a valid customer id is never a marker, hidden or
+        # temporary name, so this is the verdict raw_load reaches on the path below the customer.
+        if classify(relative).kind == "skip":
+            skipped += 1
+            continue
+        segment, sep, _ = relative.partition("/")
         if not sep:
             folder, reason = landing, "not inside a customer folder"
         else:
@@ -208,9 +227,17 @@ def split_landing(
                 reason = str(exc)
         if reason:
             ignored.setdefault(folder, IgnoredFolder(0, reason)).objects += 1
-        elif rest and not rest.endswith("/"):  # a "folder" marker object is not a file
+        else:
             files.append(LandingFile(segment, info))
-    return files, ignored
+    return LandingListing(files, ignored, skipped)
+
+
+def split_landing(
+    landing: str, objects: Iterable[ObjectInfo]
+) -> tuple[list[LandingFile], dict[str, IgnoredFolder]]:
+    """Files in valid customer folders, and the folders left out (by folder, with the reason)."""
+    listing = read_landing(landing, objects)
+    return listing.files, listing.ignored
 
 
 @dataclass(frozen=True)
@@ -291,7 +318,8 @@ def raw_files_sensor(
     # No try/except: an unreachable store or a denied listing must fail the tick, visibly,
     # not pass for "nothing new".
     objects = store.list_objects(landing)
-    files, ignored = split_landing(landing, objects)
+    listing = read_landing(landing, objects)
+    files, ignored = listing.files, listing.ignored
     for folder, info in list(ignored.items())[:MAX_LOGGED_FOLDERS]:
         context.log.warning(f"ignoring {info.objects} object(s) under {folder}: {info.reason}")
     if len(ignored) > MAX_LOGGED_FOLDERS:
@@ -301,6 +329,11 @@ def raw_files_sensor(
     settled = [f for f in files if f.info.last_modified <= cutoff]
     plan = plan_tick(settled, LandingCursor.from_json(context.cursor))
     note = _ignored_note(ignored)
+    if listing.skipped:
+        note += (
+            f"; {listing.skipped} object(s) skipped as not meter files (folder markers, hidden "
+            "or temporary files)"
+        )
     if len(settled) < len(files):
         note += (
             f"; {len(files) - len(settled)} file(s) younger than {SETTLE_SECONDS} s wait for a "

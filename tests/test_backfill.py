@@ -10,13 +10,14 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from forecast_assets import paths
+from forecast_assets import paths, publication
 from forecast_assets.assets import ALL_ASSETS
 from forecast_assets.assets.common import PROCESSING_POOL, TRAINING_POOL, combine_checks
 from forecast_assets.backfill import BackfillError, submit_backfill, wait_for_backfill
 from forecast_assets.definitions import build_definitions
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from forecast_assets.environment import backfill_batch_size
+from forecast_assets.publication import MANIFESTS, PREPROCESSED
 from resources.database import Database
 from resources.jobs.settings import MAX_RUNTIME_SECONDS, default_settings
 from resources.storage import LocalObjectStore
@@ -166,6 +167,12 @@ def _materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, 
     return found
 
 
+def current_uri(store, dataset: str, customer: str, name: str) -> str:
+    published = publication.current(store, dataset, customer)
+    assert published is not None, f"{customer}: nothing published in {dataset}"
+    return published.uri(name)
+
+
 @pytest.mark.slow
 def test_batched_run_launches_one_job_per_step_and_reports_each_customer(
     instance, data_home, store
@@ -194,7 +201,7 @@ def test_batched_run_launches_one_job_per_step_and_reports_each_customer(
     for customer in customers:
         pre = materialized["preprocessed/load"][customer]
         assert pre["devices"].value == by_id[customer].devices
-        assert pre["uri"].value == paths.preprocessed(store, customer)
+        assert pre["uri"].value == current_uri(store, PREPROCESSED, customer, "load.parquet")
         assert pre["job_name"].value in launched  # the shared job, on every partition
         assert pre["batch_customers"].value == 3
         model = materialized["models/load_forecast_model"][customer]
@@ -239,7 +246,7 @@ def test_a_batch_is_all_or_nothing_and_names_every_bad_customer(instance, data_h
     assert f"customer '{bad}'" in message and "broken.csv" in message
     # Nothing was recorded for the good customers either, and no job ran.
     for customer in customers:
-        assert not store.exists(paths.raw_manifest(store, customer))
+        assert publication.current(store, MANIFESTS, customer) is None
     assert _jobs_launched(data_home) == []
 
 
@@ -267,7 +274,7 @@ def test_a_customer_failing_inside_a_batch_job_fails_the_step_and_publishes_noth
     # Each failed customer's whole reason, as the job reported it through Pipes.
     assert f"Each failed customer:\ncustomer '{short}': " in message
     # Preprocessing succeeded for both; no model was registered or published for either.
-    assert store.exists(paths.preprocessed(store, good))
+    assert publication.current(store, PREPROCESSED, good) is not None
     database = Database()
     assert database.latest_approved_model(good) is None
     assert not store.list_objects(store.uri("models") + "/")

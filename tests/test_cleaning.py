@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecast_core.cleaning import OUTPUT_COLUMNS, CleaningError, deduplicate, regularize
+from forecast_core.cleaning import (
+    OUTPUT_COLUMNS,
+    CleaningError,
+    comparable_kwh,
+    deduplicate,
+    regularize,
+)
+from forecast_core.vendors import parse_meter_file
 
 
 def utc(text: str) -> pd.Timestamp:
@@ -245,3 +252,105 @@ def test_two_hour_interval():
     # 15-min readings 00:00 .. 01:45 fill exactly one 2-hour bucket.
     assert out["timestamp"].tolist() == [utc("2025-01-01 00:00")]
     assert out["energy_kwh"].tolist() == [28.0]
+
+
+# --- one reading in two units -----------------------------------------------------------------
+
+
+def test_the_same_reading_in_wh_and_kwh_is_a_duplicate_not_a_conflict():
+    wh = parse_meter_file(
+        b"timestamp_utc,meter_id,energy_wh\n"
+        b"2025-01-01T00:00:00Z,m1,4.1\n2025-01-01T00:15:00Z,m1,375.3\n",
+        "a.csv",
+    )
+    kwh = parse_meter_file(
+        b"reading_start\tdevice\tkwh\n"
+        b"2025-01-01T01:00:00+01:00\tm1\t0.0041\n2025-01-01T01:15:00+01:00\tm1\t0.3753\n",
+        "b.csv",
+    )
+    # Float rounding of the unit conversion makes them differ in the last bit...
+    assert wh["energy_kwh"].iloc[0] != kwh["energy_kwh"].iloc[0]
+    out, report = deduplicate(pd.concat([wh, kwh], ignore_index=True))
+    # ...but they are one reading each, kept from the later file.
+    assert report.conflicts == 0
+    assert report.exact_duplicates == 2
+    assert out["energy_kwh"].tolist() == [0.0041, 0.3753]
+
+
+def test_readings_that_really_differ_are_still_conflicts():
+    frame = readings(
+        [
+            ("2025-01-01 00:00", "a", 0.0041),
+            ("2025-01-01 00:00", "a", 0.0041001),  # one part in 40,000
+            ("2025-01-01 00:15", "a", 1e-7),
+            ("2025-01-01 00:15", "a", 2e-7),  # tiny, but twice as much
+        ]
+    )
+    _, report = deduplicate(frame)
+    assert report.conflicts == 2
+    assert report.exact_duplicates == 0
+
+
+def test_comparable_kwh_equates_conversion_noise_and_keeps_real_differences():
+    magnitudes = np.array([1e-12, 3.7e-4, 0.0041, 0.3753, 1.0, 123456.789, 9.87e9, 1e300])
+    same = comparable_kwh(pd.Series(magnitudes))
+    assert (comparable_kwh(pd.Series(magnitudes * (1 + 1e-13))) == same).all()
+    assert (comparable_kwh(pd.Series(magnitudes * (1 - 1e-13))) == same).all()
+    assert (comparable_kwh(pd.Series(magnitudes * (1 + 1e-7))) != same).all()
+    assert comparable_kwh(pd.Series([4.1 / 1000]))[0] == comparable_kwh(pd.Series([0.0041]))[0]
+    edge = comparable_kwh(pd.Series([0.0, 5e-324, np.nan]))
+    assert edge[:2].tolist() == [0.0, 5e-324]
+    assert math.isnan(edge[2])
+
+
+# --- devices too short to resample --------------------------------------------------------------
+
+
+def test_a_device_that_fills_no_interval_is_left_out_and_reported():
+    long = series("long", "2025-01-01 00:00", np.full(8, 0.25))
+    short = series("short", "2025-01-01 00:15", [0.1, 0.2, 0.3])  # 00:15 .. 00:45: no whole hour
+    lone = series("lone", "2025-01-01 00:00", [0.5])
+    out, report = regularize(pd.concat([long, short, lone], ignore_index=True), "1h")
+    assert set(out["device_id"]) == {"long"}
+    assert report.native_interval_minutes == {"long": 15.0}
+    assert report.dropped_devices == [
+        {
+            "device_id": "lone",
+            "readings": 1,
+            "reason": "device 'lone' has a single reading, so its reading interval is unknown "
+            "and there is nothing to resample",
+        },
+        {
+            "device_id": "short",
+            "readings": 3,
+            "reason": "device 'short' has 3 reading(s) from 2025-01-01T00:15:00+00:00 to "
+            "2025-01-01T00:45:00+00:00, which fill no complete 60-minute interval",
+        },
+    ]
+
+
+def test_a_dropped_device_leaves_no_trace_in_the_gap_report():
+    long = series("long", "2025-01-01 00:00", np.full(8, 0.25))
+    # Quarter-hours with 00:45 missing (filled) and 01:30-01:45 missing (a long gap): no hour
+    # is ever complete, so nothing of the device reaches the output or the gap report.
+    times = ["00:15", "00:30", "01:00", "01:15", "02:00", "02:15"]
+    gappy = readings([(f"2025-01-01 {t}", "gappy", 0.1) for t in times])
+    out, report = regularize(pd.concat([long, gappy], ignore_index=True), "1h", "15min")
+    assert set(out["device_id"]) == {"long"}
+    assert [d["device_id"] for d in report.dropped_devices] == ["gappy"]
+    assert report.filled_readings == 0
+    assert report.long_gaps == []
+    assert report.native_interval_minutes == {"long": 15.0}
+
+
+def test_when_every_device_is_too_short_it_is_an_error_naming_them():
+    frame = pd.concat(
+        [series("a", "2025-01-01 00:15", [1.0, 2.0]), series("b", "2025-01-01", [1.0])],
+        ignore_index=True,
+    )
+    with pytest.raises(CleaningError) as info:
+        regularize(frame, "1h")
+    message = str(info.value)
+    assert message.startswith("no device has enough readings to fill one complete interval: ")
+    assert "device 'a' has 2 reading(s)" in message
+    assert "device 'b' has a single reading" in message

@@ -1,25 +1,33 @@
-"""The whole graph for two customers through forecast_job, as `make demo` runs it."""
+"""The whole graph for several customers through forecast_job, as `make demo` runs it: one
+customer's model fails its gate, and every customer still ends with a forecast that says where
+it came from."""
+
+import io
 
 import dagster as dg
 import pandas as pd
 import pytest
 
+from forecast_assets import publication
 from forecast_assets.definitions import build_definitions
 from forecast_assets.demo import summary_line
 from forecast_assets.demo_data import DEMO_CUSTOMERS
+from forecast_assets.publication import FORECASTS
 from resources.database import Database
 from tests.conftest import land
 
 # enerlog (naive local time, W, decimal comma) and kilowatch (offsets, kWh, tabs).
 CUSTOMERS = [DEMO_CUSTOMERS[0], DEMO_CUSTOMERS[2]]
+# gridsense (UTC, Wh), whose model is held to a gate no model passes.
+REJECTED = DEMO_CUSTOMERS[1]
 
 
 @pytest.mark.slow
-def test_forecast_job_for_two_customers(instance, data_home, store):
-    land(store, [c.customer_id for c in CUSTOMERS], days=75)
+def test_forecast_job_for_several_customers_one_with_a_failing_model(instance, data_home, store):
+    land(store, [c.customer_id for c in [*CUSTOMERS, REJECTED]], days=75)
     defs = build_definitions("local")
     job = defs.resolve_job_def("forecast_job")
-    instance.add_dynamic_partitions("customers", [c.customer_id for c in CUSTOMERS])
+    instance.add_dynamic_partitions("customers", [c.customer_id for c in [*CUSTOMERS, REJECTED]])
     database = Database()
     for customer in CUSTOMERS:
         result = job.execute_in_process(
@@ -72,19 +80,43 @@ def test_forecast_job_for_two_customers(instance, data_home, store):
         forecast = database.latest_forecast(customer.customer_id)
         assert len(forecast) == 48 * customer.devices
         assert set(forecast["model_version"]) == {approved.version}
-        published = pd.read_parquet(
-            data_home
-            / "s3"
-            / "forecast-assets"
-            / "forecasts"
-            / customer.customer_id
-            / "forecast.parquet"
-        )
+        assert set(forecast["source"]) == {"newest"}
+        current = publication.current(store, FORECASTS, customer.customer_id)
+        assert current is not None
+        published = pd.read_parquet(io.BytesIO(store.read_bytes(current.uri("forecast.parquet"))))
         assert len(published) == len(forecast)
-        assert "gate PASSED" in summary_line(customer.customer_id, result)
+        assert set(published["source"]) == {"newest"}
+        assert "APPROVED | forecast by newest" in summary_line(customer.customer_id, result)
 
-    # Each customer's outputs live under its own prefixes.
-    assert {o.key.split("/")[1] for o in store.list_objects(store.uri("forecasts") + "/")} == {
-        c.customer_id for c in CUSTOMERS
-    }
+    # The third customer's model fails its gate: recorded, not a crash, and it is still forecast.
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=REJECTED.customer_id,
+        run_config={
+            "ops": {
+                "models__load_forecast_model": {
+                    "config": {"n_estimators": 40, "max_wape_ratio": 0.01}
+                }
+            }
+        },
+        raise_on_error=False,
+    )
+    assert result.success, summary_line(REJECTED.customer_id, result)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["quality_gate"] is False and checks["forecast_sanity"] is True
+    assert [v.status for v in database.model_versions(REJECTED.customer_id)] == ["Rejected"]
+    forecast = database.latest_forecast(REJECTED.customer_id)
+    assert len(forecast) == 48 * REJECTED.devices
+    assert set(forecast["source"]) == {"seasonal_naive_fallback"}
+    assert set(forecast["model_version"]) == {"seasonal-naive"}
+    assert "REJECTED | forecast by seasonal_naive_fallback" in summary_line(
+        REJECTED.customer_id, result
+    )
+
+    # Every customer has a forecast, under its own prefix, saying where it came from.
+    for customer in [*CUSTOMERS, REJECTED]:
+        current = publication.current(store, FORECASTS, customer.customer_id)
+        assert current is not None
+        assert current.info["source"] in ("newest", "seasonal_naive_fallback")
+        assert current.prefix.startswith(store.uri("forecasts", customer.customer_id) + "/")
     assert isinstance(defs, dg.Definitions)

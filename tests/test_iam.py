@@ -23,6 +23,7 @@ import tarfile
 import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
@@ -33,8 +34,8 @@ import pytest
 from dagster_pipes import decode_param
 
 import resources.storage as storage_module
-from forecast_assets import paths
-from forecast_assets.assets.common import promote, stage_batch_file
+from forecast_assets import paths, publication
+from forecast_assets.assets.common import stage_batch_file
 from resources.jobs.requests import (
     JobInput,
     JobOutput,
@@ -467,7 +468,7 @@ def _processing_request(store: S3ObjectStore, name: str, script: str) -> dict[st
     landing = paths.landing_prefix(store, "acme")
     for file in ("a.csv", "b.csv"):
         store.write_bytes(f"{landing}{file}", b"timestamp,kwh\n")
-    manifest = paths.raw_sagemaker_manifest(store, "acme")
+    manifest = store.uri("manifests", "acme", "v1", paths.RAW_SAGEMAKER_MANIFEST)
     store.write_bytes(manifest, json.dumps([{"prefix": landing}, "a.csv", "b.csv"]).encode())
     return processing_job_request(
         name=name,
@@ -489,7 +490,8 @@ def _training_request(store: S3ObjectStore, name: str, script: str) -> dict[str,
     the batch.json input a batch job reads from under jobs/<name>/input/."""
     source = store.uri("code", "training", name, "sourcedir.tar.gz")
     store.write_bytes(source, _tarball({"train.py": script}))
-    store.write_bytes(paths.preprocessed(store, "acme"), b"parquet bytes")
+    table = store.uri("preprocessed", "acme", "v1", "load.parquet")
+    store.write_bytes(table, b"parquet bytes")
     batch = stage_batch_file(store, name, [{"customer_id": "acme"}])
     return training_job_request(
         name=name,
@@ -498,7 +500,7 @@ def _training_request(store: S3ObjectStore, name: str, script: str) -> dict[str,
         program="train.py",
         source_uri=source,
         hyperparameters={"n_estimators": 10},
-        channels=[JobInput("train", paths.preprocessed(store, "acme")), JobInput("batch", batch)],
+        channels=[JobInput("train", table), JobInput("batch", batch)],
         output_uri=paths.models_prefix(store, "acme"),
         tags={"forecast-assets/customer": "acme"},
     )
@@ -577,11 +579,20 @@ def run_workload(
     result = _in_asset(lambda context: pipes_client().run(context=context, training_job=training))
     assert result.success, _failure(result)
     assert result.asset_materializations_for_node("probe")[0].metadata["rows"].value == 13
-    # What the assets then do with the outputs: read them, promote them.
+    # What the assets then do with the outputs: read them, publish them (the first time and
+    # again), and remove versions no pointer names any more.
     store.read_bytes(model_artifact_uri(training))
     store.download_file(output_data_uri(training), tmp_path / "output.tar.gz")
     staging = paths.job_output(store, "fa-prep-acme-iam1-0", "out")
-    promote(store, staging, {"files.txt": paths.preprocessed(store, "acme", "files.txt")})
+    for dataset in ("manifests", "preprocessed", "forecasts"):
+        for version in ("v2", "v3", "v4", "v5"):
+            sources = {"files.txt": f"{staging}/files.txt"}
+            publication.publish(store, dataset, "acme", version, sources=sources)
+        with monkeypatch.context() as patch:
+            patch.setattr(publication, "PRUNE_GRACE", timedelta(seconds=-60))
+            current = publication.current(store, dataset, "acme")
+            assert current is not None
+            assert "v2" in publication.prune(store, current)
 
     # Interrupted runs stop their jobs. Their scripts never close a Pipes session, and Dagster
     # waits 10 s for one after each: not here.

@@ -9,10 +9,12 @@ import boto3
 import dagster as dg
 import pytest
 
+from forecast_assets import publication
 from forecast_assets.assets import ALL_ASSETS
 from forecast_assets.definitions import assets_with_batches, resources_for
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from forecast_assets.jobs import ALL_JOBS
+from forecast_assets.publication import FORECASTS
 from resources.database import Database
 from resources.jobs.sagemaker import SageMakerJobLauncher
 from resources.storage import S3ObjectStore
@@ -149,7 +151,8 @@ def test_forecast_job_in_the_sagemaker_environment(sagemaker_env, tmp_path):
     approved = database.latest_approved_model(customer.customer_id)
     assert approved is not None and approved.model_uri.startswith(f"s3://{bucket}/fa/models/")
     assert len(database.latest_forecast(customer.customer_id)) == 48 * customer.devices
-    assert data_store.exists(data_store.uri("forecasts", customer.customer_id, "forecast.parquet"))
+    current = publication.current(data_store, FORECASTS, customer.customer_id)
+    assert current is not None and data_store.exists(current.uri("forecast.parquet"))
 
 
 @pytest.mark.slow

@@ -336,6 +336,30 @@ def test_invalid_customer_folders_are_ignored_with_a_message(
     assert daemon.partitions() == {"acme"}
 
 
+def test_objects_that_are_not_meter_files_start_no_run(daemon: Daemon, store: LocalObjectStore):
+    for name in (".DS_Store", "_SUCCESS", "upload.tmp", "~$book.xlsx", "jan.csv.part"):
+        store.write_bytes(landing(store, "acme", name), b"x\n")
+    store.write_bytes(store.uri("landing", ".DS_Store"), b"x\n")  # beside the customer folders
+    tick = daemon.tick()
+    assert tick.skip_message == (
+        "no new or changed files under s3://forecast-assets/landing/ (6 objects checked; "
+        "6 object(s) skipped as not meter files (folder markers, hidden or temporary files))"
+    )
+    assert daemon.partitions() == set()
+    assert daemon.cursor is None
+
+    store.write_bytes(landing(store, "acme", "jan.csv"), b"1\n")
+    tick = daemon.tick()
+    assert [r.partition_key for r in tick.runs] == ["acme"]
+    assert tick.runs[0].tags["forecast-assets/changed-files"] == "1"
+    # A skipped file written later moves nothing: still no new run.
+    store.write_bytes(landing(store, "acme", "feb.csv.crdownload"), b"2\n")
+    assert daemon.tick().skip_message.endswith(
+        "(8 objects checked; 7 object(s) skipped as not meter files (folder markers, hidden or "
+        "temporary files))"
+    )
+
+
 def test_an_unreadable_cursor_raises(daemon: Daemon, store: LocalObjectStore):
     store.write_bytes(landing(store, "acme", "jan.csv"), b"1\n")
     daemon.cursor = "not json"
@@ -374,6 +398,32 @@ def put_objects(bucket: str, bodies: dict[str, bytes], threads: int = 16) -> Non
                 lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), bodies.items()
             )
         )
+
+
+def test_s3_folder_markers_start_no_run_and_bad_keys_reach_raw_load(
+    s3_store: S3ObjectStore, instance: dg.DagsterInstance
+):
+    client, bucket = s3_store.client, s3_store.bucket
+    # What the S3 console's "Create folder" writes, for a customer and inside one.
+    for key in ("landing/", "landing/acme/", "landing/acme/sub/", "landing/acme/.DS_Store"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    daemon = Daemon(instance, s3_store)
+    tick = daemon.tick()
+    assert tick.skip_message.endswith(
+        "(4 objects checked; 4 object(s) skipped as not meter files (folder markers, hidden or "
+        "temporary files))"
+    )
+    assert daemon.partitions() == set()
+
+    client.put_object(Bucket=bucket, Key="landing/acme/sub/jan.csv", Body=b"1\n")
+    tick = daemon.tick()
+    assert [r.partition_key for r in tick.runs] == ["acme"]
+    assert tick.runs[0].tags["forecast-assets/changed-files"] == "1"
+
+    # A key no store can map to a file is not skipped: its run's raw_load names it.
+    client.put_object(Bucket=bucket, Key="landing/globex//jan.csv", Body=b"1\n")
+    tick = daemon.tick()
+    assert [r.partition_key for r in tick.runs] == ["globex"]
 
 
 @pytest.mark.slow

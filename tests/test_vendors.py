@@ -6,9 +6,13 @@ import pandas as pd
 import pytest
 
 from forecast_core.vendors import (
+    DEVICE_ID_MAX_LENGTH,
     VENDORS_BY_NAME,
     MeterFileError,
+    PlausibilityLimits,
+    check_plausible,
     detect_vendor,
+    device_id_problem,
     parse_meter_file,
     summarize,
 )
@@ -337,3 +341,170 @@ def test_single_power_reading_cannot_become_energy():
         enerlog("01.01.2025 00:00;A;400", "01.01.2025 00:15;A;400", "01.01.2025 00:00;B;1")
     )
     assert "device 'B' has a single reading" in err.problem
+
+
+# --- device ids ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device_id", ["m1", "DE0001234567890000000000000000001", "Zähler 7", "x" * DEVICE_ID_MAX_LENGTH]
+)
+def test_device_id_problem_accepts_ordinary_ids(device_id: str):
+    assert device_id_problem(device_id) is None
+
+
+@pytest.mark.parametrize(
+    ("device_id", "problem"),
+    [
+        ("", "is empty"),
+        ("x" * (DEVICE_ID_MAX_LENGTH + 1), "is 129 characters long, more than the 128"),
+        ("x" * 10_000, "is 10000 characters long"),
+        ("a\x00b", "contains a control character (U+0000)"),
+        ("a\tb", "contains a control character (U+0009)"),
+        ("a\x7fb", "contains a control character (U+007F)"),
+        ("a\u200bb", "contains an invisible format character (U+200B)"),
+        ("\ufeffm1", "contains an invisible format character (U+FEFF)"),
+        ("a\u2028b", "contains a line separator (U+2028)"),
+        (" m1", "has leading or trailing whitespace"),
+        ("m1\u00a0", "has leading or trailing whitespace"),
+    ],
+)
+def test_device_id_problem_names_what_is_wrong(device_id: str, problem: str):
+    assert (device_id_problem(device_id) or "").startswith(problem)
+
+
+def test_a_device_id_too_long_for_the_registry_is_refused_naming_lines():
+    err = parse_error(
+        gridsense("2025-01-01T00:00:00Z,m1,1", f"2025-01-01T00:00:00Z,{'y' * 10_000},1")
+    )
+    assert err.problem.startswith(
+        "device id 'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy'… (10000 characters)"
+    )
+    assert "is 10000 characters long" in err.problem
+    assert err.problem.endswith("(line(s) 3)")
+
+
+def test_a_nul_in_a_device_id_is_refused_and_shown_escaped():
+    err = parse_error(gridsense("2025-01-01T00:00:00Z,m\x001,1", "2025-01-01T00:15:00Z,m\x001,1"))
+    assert err.problem == (
+        "device id 'm\\x001' in column 'meter_id' contains a control character (U+0000) "
+        "(line(s) 2, 3)"
+    )
+
+
+def test_whitespace_around_a_device_id_is_trimmed_not_refused():
+    frame = parse_meter_file(gridsense("2025-01-01T00:00:00Z, m1 ,1"), "f.csv")
+    assert frame["device_id"].tolist() == ["m1"]
+
+
+# --- files cut off ------------------------------------------------------------------------------
+
+
+def test_a_file_cut_inside_its_last_number_is_refused():
+    # The meter wrote 375.3; the file ends after the 3, with no line break.
+    data = gridsense("2025-01-01T00:00:00Z,m1,100", "2025-01-01T00:15:00Z,m1,375.3")[
+        : -len("75.3\n")
+    ]
+    err = parse_error(data)
+    assert err.problem == (
+        "its last line (line 3) does not end with a line break: the file may be cut off "
+        "(truncated) inside that line, e.g. in its last number; re-deliver the complete file"
+    )
+
+
+def test_crlf_line_ends_are_complete_lines():
+    data = enerlog("01.01.2025 00:00;DE1;400", "01.01.2025 00:15;DE1;400").replace(b"\n", b"\r\n")
+    assert len(parse_meter_file(data, "e.csv")) == 2
+
+
+# --- plausibility ------------------------------------------------------------------------------
+
+LIMITS = PlausibilityLimits(
+    max_interval_power_kw=100_000.0,
+    max_median_power_kw=20_000.0,
+    earliest=utc("2000-01-01"),
+    latest=utc("2025-06-01 13:00"),
+)
+
+
+def plausibility_error(data: bytes, limits: PlausibilityLimits = LIMITS) -> MeterFileError:
+    frame = parse_meter_file(data, "f.csv")
+    with pytest.raises(MeterFileError) as info:
+        check_plausible(frame, "f.csv", limits)
+    return info.value
+
+
+def quarter_hours(device: str, start: str, values: list[str]) -> list[str]:
+    times = pd.date_range(start, periods=len(values), freq="15min")
+    return [
+        f"{t.strftime('%Y-%m-%dT%H:%M:%SZ')},{device},{v}"
+        for t, v in zip(times, values, strict=True)
+    ]
+
+
+def test_ordinary_readings_are_plausible():
+    frame = parse_meter_file(gridsense(*quarter_hours("m1", "2025-01-01", ["375.3"] * 8)), "f.csv")
+    check_plausible(frame, "f.csv", LIMITS)
+
+
+def test_every_value_scaled_by_1e27_is_refused():
+    err = plausibility_error(gridsense(*quarter_hours("m1", "2025-01-01", ["375.3e27"] * 8)))
+    assert err.problem.startswith(
+        "implausible value on line(s) 2, 3, 4, 5, 6 and 3 more: 3.753e+26 kWh in 15 min of "
+        "device 'm1' is a mean power of 1.5012e+27 kW, above the 100000 kW"
+    )
+
+
+def test_the_interval_bound_is_mean_power_so_hourly_meters_get_four_times_the_energy():
+    hourly = [
+        f"2025-01-01T{h:02d}:00:00Z,m1,{v}" for h, v in enumerate(["90000000"] * 2 + ["1"] * 4)
+    ]
+    frame = parse_meter_file(gridsense(*hourly), "f.csv")
+    check_plausible(frame, "f.csv", LIMITS)  # 90 MWh in an hour is 90 MW
+    quarter = quarter_hours("m1", "2025-01-01", ["1"] * 5 + ["90000000"])
+    assert "line(s) 7:" in plausibility_error(gridsense(*quarter)).problem  # 360 MW
+
+
+def test_a_meter_level_above_the_median_bound_is_refused():
+    values = ["6000000"] * 6 + ["1"] * 2  # 24 MW most of the time
+    err = plausibility_error(gridsense(*quarter_hours("big", "2025-01-01", values)))
+    assert err.problem.startswith("device 'big' has a median power of 24000 kW, above the 20000")
+    # A few high readings among ordinary ones are the spike check's business, not this one's.
+    values = ["6000000"] * 2 + ["1"] * 6
+    frame = parse_meter_file(gridsense(*quarter_hours("m1", "2025-01-01", values)), "f.csv")
+    check_plausible(frame, "f.csv", LIMITS)
+
+
+def test_repeated_readings_do_not_shrink_the_interval():
+    rows = quarter_hours("m1", "2025-01-01", ["375.3"] * 4)
+    frame = parse_meter_file(gridsense(*rows, *rows), "f.csv")
+    check_plausible(frame, "f.csv", LIMITS)
+
+
+def test_a_single_reading_is_judged_by_the_other_devices_spacing_or_a_day():
+    rows = [*quarter_hours("m1", "2025-01-01", ["1"] * 4), "2025-01-01T00:00:00Z,lone,30000000"]
+    # 30 MWh in the file's 15 minutes is 120 MW.
+    assert "device 'lone'" in plausibility_error(gridsense(*rows)).problem
+    # Alone in its file, its interval is unknown: judged as a day (1.25 MW), it passes.
+    frame = parse_meter_file(gridsense("2025-01-01T00:00:00Z,lone,30000000"), "f.csv")
+    check_plausible(frame, "f.csv", LIMITS)
+
+
+def test_readings_before_the_earliest_instant_are_refused():
+    err = plausibility_error(gridsense(*quarter_hours("m1", "1999-12-31 23:30", ["1"] * 4)))
+    assert err.problem.startswith(
+        "timestamp 1999-12-31T23:30:00+00:00 is before 2000-01-01T00:00:00+00:00 (earliest_year) "
+        "on line(s) 2, 3;"
+    )
+
+
+def test_readings_after_the_latest_instant_are_refused():
+    frame = parse_meter_file(
+        gridsense(*quarter_hours("m1", "2025-06-01 12:15", ["1"] * 4)), "f.csv"
+    )
+    check_plausible(frame, "f.csv", LIMITS)  # the last starts at 13:00, the latest allowed
+    err = plausibility_error(gridsense(*quarter_hours("m1", "2025-06-01 12:15", ["1"] * 5)))
+    assert err.problem.startswith(
+        "timestamp 2025-06-01T13:15:00+00:00 is in the future (later than "
+        "2025-06-01T13:00:00+00:00, now plus future_tolerance_minutes) on line(s) 6;"
+    )

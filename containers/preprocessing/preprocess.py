@@ -6,7 +6,8 @@ Inputs (ProcessingInputs, staged by SageMaker):
 Outputs (ProcessingOutputs, uploaded by SageMaker):
   /opt/ml/processing/output/preprocessed/load.parquet   timestamp, device_id, energy_kwh, is_filled, is_gap
   /opt/ml/processing/output/preprocessed/devices.json   one entry per device (vendor, first/last reading)
-  /opt/ml/processing/output/preprocessed/quality.json   duplicates, conflicts, filled and missing readings
+  /opt/ml/processing/output/preprocessed/quality.json   duplicates, conflicts, filled and missing
+                                                        readings, devices left out (and why)
 
 Batch mode (``--batch <batch input>/batch.json`` instead of ``--customer-id``; see
 forecast_core.batch) does the same for each customer ``<c>`` of the batch, in folders named after
@@ -15,6 +16,10 @@ outputs in ``<output-dir>/<c>/``. ``--interval`` and ``--max-fill-gap`` apply to
 
 Only files listed in the manifest are read, and each must still have the SHA-256 it was validated
 with: a file rewritten after validation fails the job instead of slipping in unchecked.
+
+A device with too few readings to fill one interval of the output is left out of load.parquet,
+never silently: quality.json's ``dropped_devices`` and the reported metadata name each one and
+why. devices.json still lists it (it is a meter of the customer, with readings).
 """
 
 from __future__ import annotations
@@ -149,8 +154,11 @@ def preprocess(
         "gap_intervals": gaps.gap_intervals,
         "long_gaps": gaps.long_gaps,
         "native_interval_minutes": gaps.native_interval_minutes,
+        "dropped_devices": gaps.dropped_devices,
         "interval": args.interval,
     }
+    for dropped in gaps.dropped_devices:
+        report.log(f"customer '{customer}': left out of the load table: {dropped['reason']}")
     (output_dir / "quality.json").write_text(json.dumps(quality, indent=2))
 
     return {
@@ -163,6 +171,9 @@ def preprocess(
         "conflicting_readings": dedup.conflicts,
         "filled_readings": gaps.filled_readings,
         "long_gaps": len(gaps.long_gaps),
+        # Always present, so "none left out" is as visible as the ones that were.
+        "devices_dropped": len(gaps.dropped_devices),
+        "dropped_devices": gaps.dropped_devices,
     }
 
 

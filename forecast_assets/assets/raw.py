@@ -2,20 +2,93 @@
 
 import hashlib
 import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
 
-from forecast_assets import paths
+from forecast_assets import paths, publication
 from forecast_assets.assets.common import (
     GROUP,
     customer_ids,
     fail_for_customers,
     materialize_result,
 )
+from forecast_assets.landing import classify
 from forecast_assets.partitions import customers_partitions_def
-from forecast_core.vendors import MeterFileError, detect_vendor, parse_meter_file, summarize
+from forecast_assets.publication import MANIFESTS
+from forecast_core.vendors import (
+    MeterFileError,
+    PlausibilityLimits,
+    check_plausible,
+    detect_vendor,
+    parse_meter_file,
+    summarize,
+)
 from resources.storage import ObjectStore
+
+
+class RawLoadConfig(dg.Config):
+    """Bounds past which a meter file is refused, whatever the meter's own history says."""
+
+    # The largest single sites (a steelworks' arc furnaces, a hyperscale data centre) draw on the
+    # order of 100 MW through their grid connection; more through one meter in one interval is a
+    # unit or scale error (Wh written as mWh, a value times 1e27), not consumption.
+    max_interval_power_kw: float = Field(
+        default=100_000.0,
+        gt=0,
+        description="A reading whose mean power over its interval (energy / interval length) "
+        "exceeds this many kW fails the file. Default 100,000 kW = 100 MW per meter.",
+    )
+    # A meter that draws 20 MW most of the time is among the very largest industrial sites; a
+    # median above that means a whole file in the wrong unit (e.g. Wh written as kWh, x1000).
+    max_median_power_kw: float = Field(
+        default=20_000.0,
+        gt=0,
+        description="A device whose median power in a file exceeds this many kW fails the file "
+        "(a whole meter off by a unit or a scale). Default 20,000 kW = 20 MW.",
+    )
+    # Interval meters with exports like ours date from the 2000s; an earlier date is a clock
+    # reset (1970) or a misread date format, and would stretch the series over decades.
+    earliest_year: int = Field(
+        default=2000,
+        ge=1900,
+        le=2200,
+        description="Readings starting before 1 January of this year (UTC) fail the file.",
+    )
+    # A reading names the start of its interval, so the current one starts at most an interval
+    # ago; an hour of slack covers clock skew, never a time zone error (a whole hour or more).
+    future_tolerance_minutes: float = Field(
+        default=60.0,
+        ge=0,
+        description="Readings starting more than this many minutes after now fail the file.",
+    )
+    # One day of quarter-hour readings: less cannot give even one daily profile to learn from.
+    min_readings_per_meter: int = Field(
+        default=96,
+        ge=1,
+        description="Meters with fewer distinct readings (over all their files) are listed in "
+        "the meters_too_short metadata table; they do not fail the step.",
+    )
+
+    def limits(self, at: datetime) -> PlausibilityLimits:
+        """The bounds for files validated at ``at`` (timezone-aware)."""
+        return PlausibilityLimits(
+            max_interval_power_kw=self.max_interval_power_kw,
+            max_median_power_kw=self.max_median_power_kw,
+            earliest=pd.Timestamp(year=self.earliest_year, month=1, day=1, tz="UTC"),
+            latest=pd.Timestamp(at).tz_convert("UTC")
+            + pd.Timedelta(minutes=self.future_tolerance_minutes),
+        )
+
+
+def now() -> datetime:
+    """The clock future timestamps are judged by; a function of its own so tests can move it."""
+    return datetime.now(UTC)
 
 
 @dg.asset(
@@ -24,7 +97,9 @@ from resources.storage import ObjectStore
     group_name=GROUP,
     kinds={"s3", "csv"},
 )
-def raw_load(context: dg.AssetExecutionContext, store: ObjectStore) -> dg.MaterializeResult:
+def raw_load(
+    context: dg.AssetExecutionContext, config: RawLoadConfig, store: ObjectStore
+) -> dg.MaterializeResult:
     """Raw electricity-meter exports for one customer, as the vendors deliver them.
 
     Source: files landed under ``landing/<customer>/`` (any depth), one or more meter vendors
@@ -33,26 +108,38 @@ def raw_load(context: dg.AssetExecutionContext, store: ObjectStore) -> dg.Materi
 
     Materializing reads every file, recognises its vendor format and parses it fully, but never
     changes it. It records each file's size, SHA-256, vendor, readings, devices and time span in
-    ``manifests/<customer>/raw_load.json`` (and a SageMaker ManifestFile beside it), which pins
-    exactly these files and contents for preprocessing. Any unusable file fails the step with
-    one line per bad file, naming the customer, the file and the problem.
+    ``raw_load.json`` (and a SageMaker ManifestFile beside it), published together as the
+    customer's current ``manifests`` version, named by its content (see
+    ``forecast_assets.publication``); it pins exactly these files and contents for preprocessing. Any unusable file fails the step with
+    one line per bad file, naming the customer, the file and the problem: malformed content, a
+    last line without a line break (possibly cut off), device ids the registry cannot hold,
+    readings before ``earliest_year`` or in the future, or powers no meter draws (config).
+    Folder markers, hidden and temporary files are skipped and listed in ``skipped_files``;
+    meters with fewer than ``min_readings_per_meter`` readings are listed in
+    ``meters_too_short``.
     """
     customers = customer_ids(context)
-    validated: dict[str, tuple[str, list[dict[str, Any]], str]] = {}
+    at = now()
+    validated: dict[str, ValidatedFiles] = {}
     problems: dict[str, str] = {}
     for customer in customers:
         try:
-            validated[customer] = validate_files(store, customer)
+            validated[customer] = validate_files(store, customer, config, at=at)
         except RawFilesError as exc:
             problems[customer] = str(exc)
     # Nothing is recorded unless every customer of the step is usable: a batch is all or none.
     fail_for_customers(problems, len(customers), "have raw files that cannot be used")
 
     per_customer = {}
-    for customer, (prefix, files, version) in validated.items():
+    for customer, result in validated.items():
+        for entry in result.skipped:
+            context.log.info(f"customer '{customer}': skipped {entry['file']}: {entry['reason']}")
+        for meter in result.meters_too_short:
+            context.log.warning(f"customer '{customer}': {meter['reason']}")
         per_customer[customer] = {
-            **record_manifest(store, customer, prefix, files),
-            "files_version": version,
+            **record_manifest(store, customer, result.prefix, result.files),
+            "files_version": result.version,
+            **problem_metadata(result),
         }
     # Same files, same contents -> same version: downstream is stale only when data changed.
     # Dagster takes one data version per step, so a batch step keeps each in its metadata only.
@@ -66,28 +153,78 @@ class RawFilesError(ValueError):
     """A customer's raw files cannot be used; the message names the customer and files."""
 
 
-def validate_files(store: ObjectStore, customer: str) -> tuple[str, list[dict[str, Any]], str]:
-    """Parse every file under the customer's landing prefix, without changing any.
+@dataclass(frozen=True)
+class ValidatedFiles:
+    """What :func:`validate_files` found under one customer's landing prefix."""
 
-    Returns the prefix, one record per file and a version of the whole set of files.
+    prefix: str
+    files: list[dict[str, Any]]
+    """One record per meter file (see ``record_manifest``)."""
+    version: str
+    """A digest of every meter file's key and content."""
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """Objects that are not meter files: ``file`` (relative path) and ``reason``."""
+    meters_too_short: list[dict[str, Any]] = field(default_factory=list)
+    """Meters with fewer readings than configured: device_id, readings, files, first, last,
+    reason."""
+
+
+def validate_files(
+    store: ObjectStore,
+    customer: str,
+    config: RawLoadConfig | None = None,
+    *,
+    at: datetime | None = None,
+) -> ValidatedFiles:
+    """Parse and check every file under the customer's landing prefix, without changing any.
+
+    Objects that are not meter files are skipped (see ``forecast_assets.landing``). Every
+    unusable file is one line of the :class:`RawFilesError` raised; ``at`` (default: now) is
+    the instant future timestamps are judged against.
     """
+    config = config or RawLoadConfig()
+    limits = config.limits(at or now())
     prefix = paths.landing_prefix(store, customer)
     objects = store.list_objects(prefix)
-    if not objects:
-        raise RawFilesError(f"customer '{customer}': no raw files under {prefix}")
+
+    skipped: list[dict[str, str]] = []
+    candidates = []
+    problems: list[str] = []
+    for obj in objects:
+        relative = obj.uri[len(prefix) :]
+        key = classify(relative)
+        if key.kind == "skip":
+            skipped.append({"file": relative, "reason": key.reason})
+        elif key.kind == "bad":
+            problems.append(f"customer '{customer}', file '{obj.uri}': {key.reason}")
+        else:
+            candidates.append(obj)
+    if not candidates and not problems:
+        note = (
+            f" ({len(skipped)} object(s) skipped: "
+            + "; ".join(f"{s['file']!r}: {s['reason']}" for s in skipped[:5])
+            + (" ..." if len(skipped) > 5 else "")
+            + ")"
+            if skipped
+            else ""
+        )
+        raise RawFilesError(f"customer '{customer}': no raw files under {prefix}{note}")
 
     files: list[dict[str, Any]] = []
-    problems: list[str] = []
+    readings = _MeterReadings()
     combined = hashlib.sha256()
-    for obj in objects:
+    for obj in candidates:
         data = store.read_bytes(obj.uri)
         digest = hashlib.sha256(data).hexdigest()
         try:
             vendor = detect_vendor(data, obj.uri)
-            summary = summarize(parse_meter_file(data, obj.uri, vendor), vendor)
+            frame = parse_meter_file(data, obj.uri, vendor)
+            check_plausible(frame, obj.uri, limits)
         except MeterFileError as exc:
             problems.append(f"customer '{customer}', {exc}")
             continue
+        summary = summarize(frame, vendor)
+        readings.add(frame)
         combined.update(f"{obj.key}\0{digest}\n".encode())
         files.append(
             {
@@ -105,22 +242,105 @@ def validate_files(store: ObjectStore, customer: str) -> tuple[str, list[dict[st
         )
     if problems:
         raise RawFilesError(
-            f"{len(problems)} of {len(objects)} raw file(s) cannot be used:\n" + "\n".join(problems)
+            f"{len(problems)} of {len(objects) - len(skipped)} raw file(s) cannot be used:\n"
+            + "\n".join(problems)
         )
-    return prefix, files, combined.hexdigest()[:16]
+    return ValidatedFiles(
+        prefix=prefix,
+        files=files,
+        version=combined.hexdigest()[:16],
+        skipped=skipped,
+        meters_too_short=readings.too_short(config.min_readings_per_meter),
+    )
+
+
+class _MeterReadings:
+    """The distinct reading times of each meter over all of a customer's files.
+
+    Kept as int64 arrays (8 bytes a reading), so a year of quarter-hours for a hundred meters is
+    tens of megabytes at most; a reading delivered by two files counts once.
+    """
+
+    def __init__(self) -> None:
+        self._times: dict[str, list[np.ndarray]] = {}
+
+    def add(self, frame: pd.DataFrame) -> None:
+        utc = frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
+        ns = utc.to_numpy(dtype="datetime64[ns]").view("int64")
+        devices = frame["device_id"].to_numpy()
+        for device, rows in pd.Series(np.arange(len(frame))).groupby(devices, sort=False):
+            self._times.setdefault(str(device), []).append(ns[rows.to_numpy()])
+
+    def too_short(self, minimum: int) -> list[dict[str, Any]]:
+        found = []
+        for device in sorted(self._times):
+            arrays = self._times[device]
+            times = np.unique(np.concatenate(arrays))
+            if len(times) >= minimum:
+                continue
+            first = pd.Timestamp(times[0], tz="UTC").isoformat()
+            last = pd.Timestamp(times[-1], tz="UTC").isoformat()
+            found.append(
+                {
+                    "device_id": device,
+                    "readings": len(times),
+                    "files": len(arrays),
+                    "first": first,
+                    "last": last,
+                    "reason": f"meter '{device}' has {len(times)} distinct reading(s) in "
+                    f"{len(arrays)} file(s), from {first} to {last}: fewer than "
+                    f"min_readings_per_meter ({minimum}), too few to forecast from",
+                }
+            )
+        return found
+
+
+def problem_metadata(result: ValidatedFiles) -> dict[str, Any]:
+    """What was skipped and which meters are too short, as metadata (tables even when empty)."""
+    return {
+        "skipped": len(result.skipped),
+        "skipped_files": dg.MetadataValue.table(
+            records=[dg.TableRecord(s) for s in result.skipped[:200]],
+            schema=dg.TableSchema(
+                columns=[dg.TableColumn("file", "string"), dg.TableColumn("reason", "string")]
+            ),
+        ),
+        "meters_too_short": dg.MetadataValue.table(
+            records=[
+                dg.TableRecord({k: m[k] for k in ("device_id", "readings", "files", "reason")})
+                for m in result.meters_too_short[:200]
+            ],
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("device_id", "string"),
+                    dg.TableColumn("readings", "int"),
+                    dg.TableColumn("files", "int"),
+                    dg.TableColumn("reason", "string"),
+                ]
+            ),
+        ),
+    }
 
 
 def record_manifest(
     store: ObjectStore, customer: str, prefix: str, files: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Write the customer's manifests; returns the materialization's metadata."""
+    """Publish the customer's manifests (unchanged files: the same version, left as it is);
+    returns the materialization's metadata."""
     manifest = {"customer_id": customer, "landing_prefix": prefix, "files": files}
-    manifest_uri = paths.raw_manifest(store, customer)
-    store.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode())
     sagemaker_manifest = [{"prefix": prefix}, *(f["relative_path"] for f in files)]
-    store.write_bytes(
-        paths.raw_sagemaker_manifest(store, customer), json.dumps(sagemaker_manifest).encode()
-    )
+    contents = {
+        paths.RAW_MANIFEST: json.dumps(manifest, indent=2).encode(),
+        paths.RAW_SAGEMAKER_MANIFEST: json.dumps(sagemaker_manifest).encode(),
+    }
+    # Named by its content: the same files validated again are the same version, kept as it is.
+    version = hashlib.sha256(contents[paths.RAW_MANIFEST]).hexdigest()[:16]
+    published = publication.current(store, MANIFESTS, customer)
+    if published is None or published.version != version:
+        published = publication.publish(
+            store, MANIFESTS, customer, version, contents=contents, inputs=version
+        )
+    manifest_uri = published.uri(paths.RAW_MANIFEST)
 
     devices = sorted({d for f in files for d in f["devices"]})
     vendors = sorted({f["vendor"] for f in files})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,6 +26,28 @@ TimeConvention = Literal["utc", "offset", "local"]
 
 # How many offending lines an error message quotes before it summarises the rest.
 _MAX_QUOTED_LINES = 5
+
+# The device registry's limit (``devices.device_id`` is VARCHAR(128)); see device_id_problem.
+DEVICE_ID_MAX_LENGTH = 128
+# Characters a device id may not hold, by Unicode category. NUL (a control character) cannot be
+# stored in PostgreSQL text at all; the other control characters (tab, line breaks, DEL) break
+# CSV exports and log lines; format characters (zero-width space, byte-order mark, direction
+# overrides) and the Unicode line separators make two different ids look identical; a lone
+# surrogate cannot be encoded for any database.
+_REFUSED_ID_CHARACTERS = {
+    "Cc": "a control character",
+    "Cf": "an invisible format character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Cs": "a lone surrogate",
+}
+# How much of an offending device id a message quotes.
+_QUOTED_ID_CHARACTERS = 40
+# A device with a single reading in a file has no spacing to measure its interval by, nor do the
+# file's other devices: its power is judged as if the reading covered a day, the longest interval
+# meter exports use, so the plausibility check never refuses a reading for a power it may not
+# have had.
+_FALLBACK_INTERVAL_HOURS = 24.0
 
 
 class MeterFileError(ValueError):
@@ -100,6 +123,39 @@ VENDORS: tuple[VendorFormat, ...] = (
 )
 
 VENDORS_BY_NAME = {v.name: v for v in VENDORS}
+
+
+def device_id_problem(device_id: str) -> str | None:
+    """What makes ``device_id`` unusable as a device id, or None when it is fine.
+
+    The one rule for device ids, for meter files and the device registry alike: 1 to
+    :data:`DEVICE_ID_MAX_LENGTH` characters, no control or invisible characters, no leading or
+    trailing whitespace. SQLite would store anything; PostgreSQL cannot store NUL, and the
+    registry's column holds 128 characters, so an id is refused before it reaches either.
+    """
+    if not isinstance(device_id, str):
+        return f"is a {type(device_id).__name__}, not text"
+    if not device_id:
+        return "is empty"
+    if len(device_id) > DEVICE_ID_MAX_LENGTH:
+        return (
+            f"is {len(device_id)} characters long, more than the {DEVICE_ID_MAX_LENGTH} the "
+            "device registry holds"
+        )
+    for character in device_id:
+        kind = _REFUSED_ID_CHARACTERS.get(unicodedata.category(character))
+        if kind is not None:
+            return f"contains {kind} (U+{ord(character):04X})"
+    if device_id != device_id.strip():
+        return "has leading or trailing whitespace"
+    return None
+
+
+def quote_device_id(device_id: str) -> str:
+    """A device id for a message: its start only if long, with unprintable characters escaped."""
+    if len(device_id) <= _QUOTED_ID_CHARACTERS:
+        return repr(device_id)
+    return f"{device_id[:_QUOTED_ID_CHARACTERS]!r}… ({len(device_id)} characters)"
 
 
 def _header_fields(header: str, separator: str) -> list[str]:
@@ -232,8 +288,9 @@ def _reading_hours(ts: pd.Series, devices: pd.Series) -> pd.Series:
 def parse_meter_file(data: bytes, file: str, vendor: VendorFormat | None = None) -> pd.DataFrame:
     """Parse one raw meter file into canonical rows, in file order.
 
-    Raises :class:`MeterFileError` for an unknown format, an empty or truncated file, unreadable
-    timestamps, and non-numeric or negative energy.
+    Raises :class:`MeterFileError` for an unknown format, an empty or truncated file (including
+    one whose last line has no line break), unreadable timestamps, non-numeric or negative
+    energy, and device ids :func:`device_id_problem` refuses.
     """
     vendor = vendor or detect_vendor(data, file)
     text = _decode(data, file)
@@ -264,6 +321,15 @@ def parse_meter_file(data: bytes, file: str, vendor: VendorFormat | None = None)
         hint = " (the file looks truncated)" if last_only else ""
         raise MeterFileError(
             file, f"missing field(s) on line(s) {_lines(missing, frame.index)}{hint}"
+        )
+    # Every line a meter writes ends with a line break. Without one the last line may have been
+    # cut mid-number ('375.3' delivered as '3') and would read as a smaller, valid value.
+    if not text.endswith(("\n", "\r")):
+        raise MeterFileError(
+            file,
+            f"its last line (line {int(frame.index[-1]) + 2}) does not end with a line break: "
+            "the file may be cut off (truncated) inside that line, e.g. in its last number; "
+            "re-deliver the complete file",
         )
 
     raw_value = frame[vendor.value_column].str.strip()
@@ -300,6 +366,14 @@ def parse_meter_file(data: bytes, file: str, vendor: VendorFormat | None = None)
         )
 
     devices = frame[vendor.device_column].str.strip()
+    for device in devices.unique():
+        problem = device_id_problem(device)
+        if problem is not None:
+            raise MeterFileError(
+                file,
+                f"device id {quote_device_id(device)} in column '{vendor.device_column}' "
+                f"{problem} (line(s) {_lines(devices == device, frame.index)})",
+            )
     ts = _parse_timestamps(frame[vendor.timestamp_column].str.strip(), vendor, devices, file)
 
     if vendor.unit == "kWh":
@@ -335,6 +409,96 @@ class FileSummary:
     devices: tuple[str, ...]
     start: pd.Timestamp
     end: pd.Timestamp
+
+
+@dataclass(frozen=True)
+class PlausibilityLimits:
+    """Absolute bounds on what one meter can report, whatever its own history says.
+
+    Powers are mean power over a reading's interval, so one bound fits 15-minute and hourly
+    meters alike. The raw-data asset takes them from its configuration (same field names).
+    """
+
+    max_interval_power_kw: float
+    """No single reading may stand for more mean power than this."""
+    max_median_power_kw: float
+    """No device's median power in a file may exceed this."""
+    earliest: pd.Timestamp
+    """No reading may start before this instant (UTC)."""
+    latest: pd.Timestamp
+    """No reading may start after this instant (UTC): now plus a small tolerance."""
+
+
+def _interval_hours(ts: pd.Series, devices: pd.Series) -> pd.Series:
+    """Each reading's interval in hours: its device's median spacing in the file.
+
+    Repeated timestamps are ignored (a spacing of zero would make any energy infinite power); a
+    device with one distinct timestamp takes the median of the file's other devices, or else
+    :data:`_FALLBACK_INTERVAL_HOURS`.
+    """
+
+    def spacing(s: pd.Series) -> float:
+        steps = s.drop_duplicates().sort_values().diff().dropna()
+        return steps.median() / pd.Timedelta(hours=1) if len(steps) else np.nan
+
+    hours = ts.groupby(devices, sort=False).transform(spacing).astype("float64")
+    if hours.isna().any():
+        known = hours.dropna()
+        hours = hours.fillna(float(known.median()) if len(known) else _FALLBACK_INTERVAL_HOURS)
+    return hours
+
+
+def check_plausible(frame: pd.DataFrame, file: str, limits: PlausibilityLimits) -> None:
+    """Refuse a parsed file (see :func:`parse_meter_file`) whose readings no meter could report.
+
+    Raises :class:`MeterFileError` naming the lines for a reading that starts before
+    ``limits.earliest`` or after ``limits.latest``, a reading whose mean power exceeds
+    ``limits.max_interval_power_kw``, and a device whose median power exceeds
+    ``limits.max_median_power_kw`` (a whole meter off by a unit or a scale).
+    """
+    ts, devices, energy = frame["timestamp"], frame["device_id"], frame["energy_kwh"]
+    early = ts < limits.earliest
+    if early.any():
+        raise MeterFileError(
+            file,
+            f"timestamp {ts[early].iloc[0].isoformat()} is before "
+            f"{limits.earliest.isoformat()} (earliest_year) on line(s) "
+            f"{_lines(early, frame.index)}; is the meter's clock or the date format wrong?",
+        )
+    late = ts > limits.latest
+    if late.any():
+        raise MeterFileError(
+            file,
+            f"timestamp {ts[late].iloc[0].isoformat()} is in the future (later than "
+            f"{limits.latest.isoformat()}, now plus future_tolerance_minutes) on line(s) "
+            f"{_lines(late, frame.index)}; is the meter's clock or time zone wrong?",
+        )
+
+    hours = _interval_hours(ts, devices)
+    power_kw = energy / hours
+    too_high = power_kw > limits.max_interval_power_kw
+    if too_high.any():
+        first = too_high.to_numpy().argmax()
+        raise MeterFileError(
+            file,
+            f"implausible value on line(s) {_lines(too_high, frame.index)}: "
+            f"{energy.iloc[first]:.6g} kWh in {hours.iloc[first] * 60:g} min of device "
+            f"{quote_device_id(str(devices.iloc[first]))} is a mean power of "
+            f"{power_kw.iloc[first]:.6g} kW, above the {limits.max_interval_power_kw:g} kW "
+            "one meter can plausibly draw (max_interval_power_kw); is the file's unit or "
+            "scale wrong?",
+        )
+    medians = power_kw.groupby(devices, sort=True).median()
+    absurd = medians[medians > limits.max_median_power_kw]
+    if not absurd.empty:
+        device = str(absurd.index[0])
+        raise MeterFileError(
+            file,
+            f"device {quote_device_id(device)} has a median power of {absurd.iloc[0]:.6g} kW, "
+            f"above the {limits.max_median_power_kw:g} kW a whole meter can plausibly draw "
+            f"most of the time (max_median_power_kw; lines "
+            f"{_lines(devices == device, frame.index)}); are its values in the wrong unit?",
+        )
 
 
 def summarize(frame: pd.DataFrame, vendor: VendorFormat) -> FileSummary:
