@@ -19,6 +19,7 @@ single row written in one transaction, and each model artifact lives under its o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from collections.abc import Mapping
@@ -179,12 +180,22 @@ def publish(
     """
     prefix = join_uri(dataset_prefix(store, dataset, customer), version)
     files: dict[str, dict[str, Any]] = {}
-    for name, source in (sources or {}).items():
-        copied = store.copy_object(source, join_uri(prefix, name))
-        files[name] = {"bytes": copied.size, "etag": copied.etag}
-    for name, data in (contents or {}).items():
-        written = store.write_bytes(join_uri(prefix, name), data)
-        files[name] = {"bytes": written.size, "etag": written.etag}
+    try:
+        for name, source in (sources or {}).items():
+            copied = store.copy_object(source, join_uri(prefix, name))
+            files[name] = {"bytes": copied.size, "etag": copied.etag}
+        for name, data in (contents or {}).items():
+            written = store.write_bytes(join_uri(prefix, name), data)
+            files[name] = {"bytes": written.size, "etag": written.etag}
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise dg.Failure(
+            description=f"customer '{customer}': no space left on the device holding {prefix} "
+            f"while publishing {dataset} version {version}; free space there (or move the data "
+            "home, FORECAST_DATA_HOME) and run again. Nothing was published: the last good "
+            "version is still current."
+        ) from exc
     before = current(store, dataset, customer)
     previous: tuple[str, ...] = ()
     if before is not None and before.version != version:

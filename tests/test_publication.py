@@ -125,3 +125,23 @@ def test_old_versions_are_pruned_keeping_the_current_and_previous(
     # Another customer's versions are never touched.
     publication.publish(store, PREPROCESSED, "other", "v1", contents={"f": b"x"})
     assert store.exists(store.uri(PREPROCESSED, "other", "v1", "f"))
+
+
+def test_a_full_disk_while_publishing_names_customer_and_place_and_keeps_the_last_version(
+    store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
+):
+    import errno
+
+    publication.publish(store, PREPROCESSED, CUSTOMER, "v1", contents={"load.parquet": b"old"})
+    before = published_snapshot(store, CUSTOMER)
+
+    def full(self, uri, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch, pytest.raises(dg.Failure) as failure:
+        patch.setattr(LocalObjectStore, "write_bytes", full)
+        publication.publish(store, PREPROCESSED, CUSTOMER, "v2", contents={"load.parquet": b"n"})
+    message = failure.value.description or ""
+    assert message.startswith(f"customer '{CUSTOMER}': no space left on the device holding s3://")
+    assert "the last good version is still current" in message
+    assert published_snapshot(store, CUSTOMER) == before

@@ -178,17 +178,17 @@ def load_forecast(
     staging = paths.job_output(store, name, "forecast")
     issued_at = datetime.now(UTC).isoformat()
     with_model = {c: m for c in to_run if (m := choices[c].model) is not None}
-    inputs_: list[JobInput] = []
+    job_inputs: list[JobInput] = []
     if len(to_run) == 1:
         (customer,) = to_run
         choice = choices[customer]
         arguments = ["--customer-id", customer, "--source", choice.source]
         if choice.model is not None:
             arguments += ["--model-version", choice.model.version]
-            inputs_.append(JobInput("model", choice.model.model_uri))
+            job_inputs.append(JobInput("model", choice.model.model_uri))
         else:
             arguments += ["--fallback", "seasonal-naive"]
-        inputs_.append(JobInput("history", tables[customer].uri("load.parquet")))
+        job_inputs.append(JobInput("history", tables[customer].uri("load.parquet")))
         staged = {customer: staging}
     else:
         entries = [
@@ -201,11 +201,13 @@ def load_forecast(
         ]
         arguments = ["--batch", f"{processing_local_path('input', 'batch')}/batch.json"]
         history_uris = {c: tables[c].uri("load.parquet") for c in to_run}
-        inputs_ = [JobInput("batch", stage_batch_file(store, name, entries))]
+        job_inputs = [JobInput("batch", stage_batch_file(store, name, entries))]
         if with_model:
             model_uris = {c: m.model_uri for c, m in with_model.items()}
-            inputs_.append(JobInput("model", stage_per_customer(store, name, "model", model_uris)))
-        inputs_.append(
+            job_inputs.append(
+                JobInput("model", stage_per_customer(store, name, "model", model_uris))
+            )
+        job_inputs.append(
             JobInput("history", stage_per_customer(store, name, "history", history_uris))
         )
         staged = {c: join_uri(staging, c) for c in to_run}
@@ -227,7 +229,7 @@ def load_forecast(
             "--issued-at",
             issued_at,
         ],
-        inputs=[JobInput("code", code_uri), *inputs_],
+        inputs=[JobInput("code", code_uri), *job_inputs],
         outputs=[JobOutput("forecast", staging)],
         tags=job_tags(context, to_run),
         platform=launcher.platform,

@@ -248,7 +248,7 @@ def preprocessed_load(
             "--manifest",
             f"{processing_local_path('input', 'manifest')}/raw_load.json",
         ]
-        inputs_ = [
+        job_inputs = [
             JobInput("raw", manifests[customer].uri(paths.RAW_SAGEMAKER_MANIFEST), "ManifestFile"),
             JobInput("manifest", manifests[customer].uri(paths.RAW_MANIFEST)),
         ]
@@ -260,7 +260,7 @@ def preprocessed_load(
             "--manifest-dir",
             processing_local_path("input", "manifest"),
         ]
-        inputs_ = stage_batch_inputs(store, name, {c: manifests[c] for c in to_run})
+        job_inputs = stage_batch_inputs(store, name, {c: manifests[c] for c in to_run})
         staged = {c: join_uri(staging, c) for c in to_run}
     request = processing_job_request(
         name=name,
@@ -278,7 +278,7 @@ def preprocessed_load(
             "--max-fill-gap",
             config.max_fill_gap,
         ],
-        inputs=[JobInput("code", code_uri), *inputs_],
+        inputs=[JobInput("code", code_uri), *job_inputs],
         outputs=[JobOutput("preprocessed", staging)],
         tags=job_tags(context, to_run),
         platform=launcher.platform,
@@ -309,6 +309,7 @@ def preprocessed_load(
             "conflicting_readings": quality["conflicting_readings"],
             "exact_duplicates_dropped": quality["exact_duplicates_dropped"],
             "long_gaps": quality["long_gaps"],
+            "dropped_devices": quality.get("dropped_devices", []),
             "raw_version": manifests[customer].version,
         }
         published = publication.publish(
