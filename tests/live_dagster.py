@@ -1,4 +1,5 @@
-"""Dagster's own processes for tests: a webserver (or ``dagster dev``) to talk GraphQL to."""
+"""Dagster's own processes for tests: a webserver (or ``dagster dev``) to talk GraphQL to, and
+runs launched through it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,76 @@ def tail(path: Path, lines: int = 60) -> str:
     if not path.exists():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def dagster_dev(env: dict[str, str], log: Path, port: int) -> Iterator[subprocess.Popen]:
+    """`dagster dev -w workspace.yaml` (webserver, daemon, code server) in its own process
+    group, answering on ``port``; stopped as a whole on exit."""
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [executable("dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_webserver(process, f"http://127.0.0.1:{port}", log)
+        yield process
+    finally:
+        stop_process_group(process)
+
+
+REPOSITORIES = """
+query {
+  repositoriesOrError {
+    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+    ... on PythonError { message stack }
+  }
+}
+"""
+
+LAUNCH_RUN = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
+    ... on PythonError { stack }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+
+def launch_run(
+    graphql: GraphQL,
+    job_name: str,
+    partition: str,
+    run_config: dict[str, Any] | None = None,
+    assets: list[list[str]] | None = None,
+) -> str:
+    """Launch one partition of ``job_name`` (only ``assets``, if given) as the UI does; its id."""
+    nodes = graphql(REPOSITORIES)["repositoriesOrError"]["nodes"]
+    (repository,) = [n for n in nodes if job_name in {j["name"] for j in n["jobs"]}]
+    selector: dict[str, Any] = {
+        "repositoryLocationName": repository["location"]["name"],
+        "repositoryName": repository["name"],
+        "jobName": job_name,
+    }
+    if assets is not None:
+        selector["assetSelection"] = [{"path": path} for path in assets]
+    launched = graphql(
+        LAUNCH_RUN,
+        {
+            "executionParams": {
+                "selector": selector,
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+                "runConfigData": run_config or {},
+            }
+        },
+    )["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]

@@ -228,6 +228,59 @@ def test_batched_run_launches_one_job_per_step_and_reports_each_customer(
 
 
 @pytest.mark.slow
+def test_a_batch_forecasts_every_customer_with_the_best_model_it_has(instance, data_home, store):
+    customers = _customers(3)
+    land(store, customers, days=75)
+    instance.add_dynamic_partitions("customers", customers)
+    defs = build_definitions("local", batch_size=3)
+    first = defs.resolve_job_def("forecast_job").execute_in_process(
+        instance=instance, tags=_batch_tags(customers), run_config=FAST_TRAINING
+    )
+    assert first.success
+    unchanged, no_model, newest_rejected = customers
+    database = Database()
+    # One customer loses its only approved model; another gets a newer, rejected one.
+    only = database.latest_approved_model(no_model)
+    assert only is not None
+    database.set_model_status(no_model, only.version, "Rejected")
+    kept = database.latest_approved_model(newest_rejected)
+    assert kept is not None
+    database.register_model(
+        customer_id=newest_rejected,
+        version="fa-train-newer",
+        model_uri=kept.model_uri,
+        metrics=kept.metrics,
+        gate_passed=False,
+        gate_reasons=["WAPE ratio 1.20 is not below 1.00"],
+        run_id="another-run",
+    )
+    jobs_before = _jobs_launched(data_home)
+
+    result = defs.resolve_job_def("inference_job").execute_in_process(
+        instance=instance, tags=_batch_tags(customers)
+    )
+    assert result.success
+    # The customer whose inputs did not change reuses its forecast; the other two share one job.
+    launched = sorted(set(_jobs_launched(data_home)) - set(jobs_before))
+    assert len(launched) == 1 and "-batch2-" in launched[0], launched
+    forecasts = _materializations(result)["forecasts/load_forecast"]
+    assert forecasts[unchanged]["reused"].value is True
+    assert forecasts[unchanged]["source"].value == "newest"
+    assert forecasts[no_model]["source"].value == "seasonal_naive_fallback"
+    assert forecasts[newest_rejected]["source"].value == "previous_approved"
+    assert forecasts[newest_rejected]["model_version"].value == kept.version
+    for customer, source in (
+        (no_model, "seasonal_naive_fallback"),
+        (newest_rejected, "previous_approved"),
+    ):
+        stored = database.latest_forecast(customer)
+        assert set(stored["source"]) == {source}, customer
+        assert len(stored) == 48 * next(
+            c.devices for c in DEMO_CUSTOMERS if c.customer_id == customer
+        )
+
+
+@pytest.mark.slow
 def test_a_batch_is_all_or_nothing_and_names_every_bad_customer(instance, data_home, store):
     customers = _customers(3)
     land(store, customers, days=75)

@@ -1,9 +1,12 @@
 """The local launcher executes real SageMaker request bodies: staging, environment, Pipes,
-failure reasons, time limits, script-mode training and stopping on interruption."""
+failure reasons, time limits, script-mode training, stopping on interruption, and no job left
+behind when the process that launched it dies or its run ends."""
 
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import tarfile
 import textwrap
@@ -317,3 +320,106 @@ def test_failed_job_on_missing_input(store, launcher):
 
 def test_job_failed_error_is_a_dagster_failure():
     assert issubclass(JobFailedError, dg.Failure)
+
+
+def test_a_killed_launcher_leaves_no_job_behind(data_home, tmp_path):
+    """SIGKILL of the process running execute() (a step process, say): the guard kills the job's
+    whole process group, children included."""
+    pids = tmp_path / "pids"
+    script = tmp_path / "spawn.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, subprocess, sys, time
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+            open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
+            time.sleep(300)
+            """
+        )
+    )
+    job_dir = data_home / "jobs" / "orphan"
+    job_dir.mkdir(parents=True)
+    launcher = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from resources.jobs.sandbox import execute
+        execute("orphan", [sys.executable, {str(script)!r}], dict(os.environ),
+                Path({str(job_dir)!r}), 300, print)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", launcher], cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() < deadline, "the job did not start"
+            assert process.poll() is None, "the launcher exited early"
+            time.sleep(0.1)
+        job, child = map(int, pids.read_text().split())
+        assert _alive(job) and _alive(child)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while (_alive(job) or _alive(child)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(job), "the job survived its launcher"
+        assert not _alive(child), "the job's child survived its launcher"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_a_job_ends_with_no_guard_left(data_home, tmp_path):
+    script = tmp_path / "quick.py"
+    script.write_text("print('done', flush=True)\n")
+    job_dir = data_home / "jobs" / "quick"
+    job_dir.mkdir(parents=True)
+    before = _guards()
+    assert (
+        execute("quick", [sys.executable, str(script)], dict(os.environ), job_dir, 60, print)[0]
+        == "Completed"
+    )
+    assert _guards() == before
+
+
+def _guards() -> set[int]:
+    """Guard processes (children of this process) still running."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"os.killpg(pgid" in cmdline:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_job_stops_when_its_run_has_ended(store, launcher, monkeypatch):
+    """The run worker died (or the run was cancelled) while the step process lives on: the
+    launcher sees the run's status and stops the job instead of waiting for it."""
+    monkeypatch.setattr("resources.jobs.local.RUN_CHECK_SECONDS", 0.5)
+    code = publish_script(
+        store, "hang.py", "import time\nprint('working', flush=True)\ntime.sleep(120)\n"
+    )
+    request = processing_job_request(
+        name="fa-test-orphaned-1",
+        settings=SETTINGS,
+        role_arn="arn:aws:iam::000000000000:role/x",
+        entrypoint=["python3", "/opt/ml/processing/input/code/hang.py"],
+        inputs=[JobInput("code", code)],
+    )
+
+    def body(context, launcher):
+        # What the code server does when the run worker dies: the run is marked failed.
+        context.instance.report_run_failed(context.dagster_run)
+        return launcher.run_processing_job(context=context, request=request)
+
+    started = time.monotonic()
+    result = run_in_asset(body, {"launcher": launcher})
+    assert time.monotonic() - started < 30
+    assert not result.success
+    message = step_error(result)
+    assert "processing job fa-test-orphaned-1 stopped: its Dagster run" in message
+    assert "is FAILURE" in message

@@ -4,17 +4,36 @@ Each job runs in ``<data home>/jobs/<job name>/`` through :class:`~resources.job
 (SageMaker's directory layout, staging, environment, time limit and output upload); this class
 adds the Pipes session, streams the job's log into the Dagster run, and turns a Failed or
 Stopped job into :class:`~resources.jobs.base.JobFailedError` with the job's own reason.
+
+A job outlives nothing that launched it. If the step process dies, the sandbox's guard kills
+the job. If the run worker dies while the step process lives on (a spawned step process is
+not killed with its parent), the code server marks the run failed, and the wait loop here,
+which checks the run's status every few seconds, stops the job. Before each job starts, old
+job folders are pruned (``resources.jobs.cleanup``).
 """
 
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from resources.data_home import data_home
+from resources.jobs import cleanup
 from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher, failure_detail
 from resources.jobs.sandbox import JobSandbox, JobSetupError, SandboxResult
+from resources.storage import LocalObjectStore, split_uri
+
+# How often a running job checks that its Dagster run is still going.
+RUN_CHECK_SECONDS = 5.0
+# A run in one of these has ended (or is ending) without this step: its job must stop.
+_ENDED = {
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+    dg.DagsterRunStatus.CANCELING,
+}
 
 
 class LocalJobLauncher(JobLauncher):
@@ -22,9 +41,42 @@ class LocalJobLauncher(JobLauncher):
 
     python: str = ""
     """Interpreter that stands in for the job image; empty means the one running Dagster."""
+    completed_retention_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Hours a completed job keeps its staged inputs and outputs in "
+        "<data home>/jobs/<job>/ (its log, request and describe.json stay). A day, to compare "
+        "what a job saw with a surprising result; after that they are copies of what the "
+        "object store holds.",
+    )
+    failed_retention_days: float = Field(
+        default=14.0,
+        ge=0,
+        description="Days a failed or stopped job keeps its whole folder (inputs included, to "
+        "rerun the script on them), and a completed job its log; also the age at which the "
+        "local object store's jobs/<job>/ folders go. Two weeks: two weekly trainings, and a "
+        "failure seen after a holiday can still be diagnosed.",
+    )
 
     def sandbox(self) -> JobSandbox:
         return JobSandbox(self.store, data_home() / "jobs", self.python or sys.executable)
+
+    def prune(self, *, force: bool = False) -> cleanup.PruneReport:
+        """Prune old job folders here and in a local object store (see resources.jobs.cleanup).
+
+        Runs when a job starts, at most every ``cleanup.PRUNE_INTERVAL_SECONDS`` unless forced.
+        """
+        store_jobs = None
+        if isinstance(self.store, LocalObjectStore):  # on S3 a lifecycle rule does this
+            bucket, key = split_uri(self.store.uri("jobs"))
+            store_jobs = self.store.base / bucket / key
+        return cleanup.prune(
+            data_home() / "jobs",
+            store_jobs,
+            cleanup.Retention(self.completed_retention_hours, self.failed_retention_days),
+            stamp=data_home() / ".jobs-pruned",
+            min_interval_seconds=0 if force else cleanup.PRUNE_INTERVAL_SECONDS,
+        )
 
     def run_processing_job(
         self,
@@ -53,6 +105,11 @@ class LocalJobLauncher(JobLauncher):
     ) -> CompletedJob:
         name = request["ProcessingJobName" if job_type == "processing" else "TrainingJobName"]
         sandbox = self.sandbox()
+        pruned = self.prune()
+        if pruned:
+            context.log.info(pruned.summary())
+        for error in pruned.errors:
+            context.log.warning(f"could not prune {error}")
         context.log.info(f"starting {job_type} job {name} locally in {sandbox.jobs_root / name}")
         with dg.open_pipes_session(
             context=context,
@@ -66,12 +123,41 @@ class LocalJobLauncher(JobLauncher):
                     request,
                     extra_env=session.get_bootstrap_env_vars(),
                     log=lambda line: context.log.info(f"[{name}] {line}"),
+                    stop_requested=_run_ended(context.instance, context.run_id),
                 )
             except JobSetupError as exc:
                 raise JobFailedError(
                     description=f"{job_type} job {name} could not start: {exc}"
                 ) from exc
         return _completed(result, dg.PipesClientCompletedInvocation(session))
+
+
+def _run_ended(
+    instance: dg.DagsterInstance, run_id: str, every: float = RUN_CHECK_SECONDS
+) -> Callable[[], str | None]:
+    """A stop flag for the job: why, once its Dagster run has ended or is being cancelled.
+
+    The run worker can die (SIGKILL, the OOM killer) while this step process lives on, and the
+    step would otherwise wait for its job to the end and publish into a run that has failed.
+    """
+    next_check = time.monotonic() + every
+
+    def ended() -> str | None:
+        nonlocal next_check
+        if time.monotonic() < next_check:
+            return None
+        next_check = time.monotonic() + every
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            return f"its Dagster run {run_id} no longer exists"
+        if run.status in _ENDED:
+            return (
+                f"its Dagster run {run_id} is {run.status.value}: the run was cancelled, or its "
+                "run worker died"
+            )
+        return None
+
+    return ended
 
 
 def _completed(

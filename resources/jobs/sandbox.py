@@ -10,20 +10,31 @@ what the caller adds), under the request's time limit, and outputs are uploaded 
 succeeds. The one liberty taken: the ``python3`` of the entrypoint is a local interpreter,
 standing in for the image.
 
+What SageMaker's control plane does for a container, this module does for the job's process
+group: a guard process beside the job kills the group if the process that launched it dies
+(a run worker or step process killed by the OOM killer must not leave its job running), and
+failures say what to fix: a job killed by a signal, or a full disk while staging, logging or
+uploading. Each job directory keeps ``request.json`` (the request, written when the job starts),
+``job.log`` and, once the job has ended, ``describe.json``; ``resources.jobs.cleanup`` prunes
+the rest by those.
+
 This module knows nothing of Dagster: :class:`~resources.jobs.local.LocalJobLauncher` runs it
 inside a Pipes session, and the tests' fake SageMaker runs it behind a boto3-shaped API.
 """
 
+import contextlib
+import errno
 import json
 import os
 import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +46,10 @@ OPT_ML = "/opt/ml"
 # Variables a process needs to start at all; nothing else leaks from this machine into a job.
 PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 _POLL_SECONDS = 0.2
+# Seconds a stopped job gets between SIGTERM and SIGKILL, here and in the guard.
+STOP_GRACE_SECONDS = 10
+# Files of a job directory that say what the job was and how it ended (kept by the pruning).
+REQUEST_FILE, LOG_FILE, DESCRIBE_FILE = "request.json", "job.log", "describe.json"
 
 JobType = Literal["processing", "training"]
 JobStatus = Literal["Completed", "Failed", "Stopped"]
@@ -42,6 +57,14 @@ JobStatus = Literal["Completed", "Failed", "Stopped"]
 
 class JobSetupError(RuntimeError):
     """The request cannot be run (an input matches nothing, an unsupported data type, …)."""
+
+
+class DiskFullError(RuntimeError):
+    """No space left on the device while the platform (not the script) was writing."""
+
+    def __init__(self, doing: str):
+        super().__init__(f"no space left on device while {doing}")
+        self.doing = doing
 
 
 @dataclass
@@ -72,7 +95,8 @@ class SandboxResult:
 
 
 LogSink = Callable[[str], None]
-StopFlag = Callable[[], bool]
+# Asked while the job runs: falsy to go on; True (or a reason, as text) to stop the job.
+StopFlag = Callable[[], bool | str | None]
 
 
 class JobSandbox:
@@ -94,45 +118,57 @@ class JobSandbox:
         stop_requested: StopFlag | None = None,
     ) -> SandboxResult:
         name = request["ProcessingJobName"]
-        job_dir, root = self._job_dir(name)
+        job_dir, root = self._job_dir(name, request)
         started = datetime.now(UTC)
         inputs = {
             i["InputName"]: i["S3Input"]["S3Uri"] for i in request.get("ProcessingInputs", [])
         }
         output_specs = request.get("ProcessingOutputConfig", {}).get("Outputs", [])
         outputs = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in output_specs}
-        for spec in request.get("ProcessingInputs", []):
-            s3 = spec["S3Input"]
-            self._stage(s3["S3Uri"], s3["S3DataType"], map_path(s3["LocalPath"], root))
-        for spec in output_specs:
-            map_path(spec["S3Output"]["LocalPath"], root).mkdir(parents=True, exist_ok=True)
-        (root / "output").mkdir(parents=True, exist_ok=True)
-        app = request["AppSpecification"]
-        command = [
-            self.python if token in ("python", "python3") else map_token(token, root)
-            for token in app.get("ContainerEntrypoint", [])
-        ] + [map_token(a, root) for a in app.get("ContainerArguments", [])]
-        if not command:
-            raise JobSetupError(f"processing job {name} has no ContainerEntrypoint")
-        env = self._environment(
-            request.get("Environment", {}),
-            {**(extra_env or {}), "SM_OUTPUT_DIR": str(root / "output")},
-        )
-        status, reason = execute(
-            name,
-            command,
-            env,
-            job_dir,
-            request["StoppingCondition"]["MaxRuntimeInSeconds"],
-            log,
-            stop_requested,
-        )
-        if status == "Completed":
-            for spec in output_specs:
-                s3 = spec["S3Output"]
-                self.store.upload_directory(map_path(s3["LocalPath"], root), s3["S3Uri"])
-        elif reason is None:
-            reason = failure_reason(root / "output" / "message", job_dir)
+        try:
+            for spec in request.get("ProcessingInputs", []):
+                s3 = spec["S3Input"]
+                target = map_path(s3["LocalPath"], root)
+                with on_full_disk(f"staging input '{spec['InputName']}' to {target}"):
+                    self._stage(s3["S3Uri"], s3["S3DataType"], target)
+            with on_full_disk(f"preparing {root}"):
+                for spec in output_specs:
+                    map_path(spec["S3Output"]["LocalPath"], root).mkdir(parents=True, exist_ok=True)
+                (root / "output").mkdir(parents=True, exist_ok=True)
+            app = request["AppSpecification"]
+            command = [
+                self.python if token in ("python", "python3") else map_token(token, root)
+                for token in app.get("ContainerEntrypoint", [])
+            ] + [map_token(a, root) for a in app.get("ContainerArguments", [])]
+            if not command:
+                raise JobSetupError(f"processing job {name} has no ContainerEntrypoint")
+            env = self._environment(
+                request.get("Environment", {}),
+                {**(extra_env or {}), "SM_OUTPUT_DIR": str(root / "output")},
+            )
+            with on_full_disk(f"writing the job's log {job_dir / LOG_FILE}"):
+                status, reason = execute(
+                    name,
+                    command,
+                    env,
+                    job_dir,
+                    request["StoppingCondition"]["MaxRuntimeInSeconds"],
+                    log,
+                    stop_requested,
+                )
+            if status == "Completed":
+                for spec in output_specs:
+                    s3 = spec["S3Output"]
+                    local = map_path(s3["LocalPath"], root)
+                    with on_full_disk(
+                        f"uploading output '{spec['OutputName']}' from {local} to {s3['S3Uri']}"
+                    ):
+                        self.store.upload_directory(local, s3["S3Uri"])
+            elif reason is None:
+                reason = failure_reason(root / "output" / "message", job_dir)
+        except DiskFullError as exc:
+            status, reason = "Failed", str(exc)
+        reason = with_advice(reason, name, _volume_gb(request, "ProcessingResources"))
         return self._finish(
             "processing",
             name,
@@ -164,34 +200,95 @@ class JobSandbox:
             raise JobSetupError(
                 f"training job {name}: running locally needs script mode (hyperparameter {exc})"
             ) from exc
-        job_dir, root = self._job_dir(name)
+        job_dir, root = self._job_dir(name, request)
         started = datetime.now(UTC)
-        channels = {}
-        for channel in request.get("InputDataConfig", []):
-            source = channel["DataSource"]["S3DataSource"]
-            self._stage(
-                source["S3Uri"],
-                source["S3DataType"],
-                root / "input" / "data" / channel["ChannelName"],
-            )
-            channels[channel["ChannelName"]] = source["S3Uri"]
+        channels = {
+            c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in request.get("InputDataConfig", [])
+        }
         config_dir = root / "input" / "config"
-        config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / "hyperparameters.json").write_text(json.dumps(hps, indent=2))
-        (config_dir / "inputdataconfig.json").write_text(
-            json.dumps({c: {"TrainingInputMode": "File"} for c in channels}, indent=2)
-        )
-        (config_dir / "resourceconfig.json").write_text(
-            json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}, indent=2)
-        )
         code_dir = root / "code"
-        code_dir.mkdir(parents=True)
-        archive = job_dir / "sourcedir.tar.gz"
-        self.store.download_file(source_uri, archive)
-        with tarfile.open(archive) as tar:
-            tar.extractall(code_dir, filter="data")
-        for folder in (root / "model", root / "output" / "data"):
-            folder.mkdir(parents=True, exist_ok=True)
+        output_path = request["OutputDataConfig"]["S3OutputPath"]
+        outputs = {
+            "model": join_uri(output_path, name, "output", "model.tar.gz"),
+            "output": join_uri(output_path, name, "output", "output.tar.gz"),
+        }
+        try:
+            for channel in request.get("InputDataConfig", []):
+                source = channel["DataSource"]["S3DataSource"]
+                target = root / "input" / "data" / channel["ChannelName"]
+                with on_full_disk(f"staging channel '{channel['ChannelName']}' to {target}"):
+                    self._stage(source["S3Uri"], source["S3DataType"], target)
+            with on_full_disk(f"staging the code to {code_dir}"):
+                config_dir.mkdir(parents=True, exist_ok=True)
+                (config_dir / "hyperparameters.json").write_text(json.dumps(hps, indent=2))
+                (config_dir / "inputdataconfig.json").write_text(
+                    json.dumps({c: {"TrainingInputMode": "File"} for c in channels}, indent=2)
+                )
+                (config_dir / "resourceconfig.json").write_text(
+                    json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}, indent=2)
+                )
+                code_dir.mkdir(parents=True)
+                archive = job_dir / "sourcedir.tar.gz"
+                self.store.download_file(source_uri, archive)
+                with tarfile.open(archive) as tar:
+                    tar.extractall(code_dir, filter="data")
+                for folder in (root / "model", root / "output" / "data"):
+                    folder.mkdir(parents=True, exist_ok=True)
+            status, reason = self._train(
+                request,
+                name,
+                program,
+                source_uri,
+                hps,
+                channels,
+                job_dir,
+                extra_env,
+                log,
+                stop_requested,
+            )
+            if status == "Completed":
+                for folder, key in (
+                    (root / "model", "model"),
+                    (root / "output" / "data", "output"),
+                ):
+                    scratch = job_dir / f"{key}.tar.gz"
+                    with on_full_disk(f"packing {folder} into {scratch} for {outputs[key]}"):
+                        upload_tar(self.store, folder, outputs[key], scratch)
+            elif reason is None:
+                reason = failure_reason(root / "output" / "failure", job_dir)
+        except DiskFullError as exc:
+            status, reason = "Failed", str(exc)
+        reason = with_advice(reason, name, _volume_gb(request, "ResourceConfig"))
+        return self._finish(
+            "training",
+            name,
+            job_dir,
+            started,
+            status,
+            reason,
+            channels,
+            outputs,
+            request["ResourceConfig"]["InstanceType"],
+        )
+
+    def _train(
+        self,
+        request: Mapping[str, Any],
+        name: str,
+        program: str,
+        source_uri: str,
+        hps: Mapping[str, str],
+        channels: Mapping[str, str],
+        job_dir: Path,
+        extra_env: Mapping[str, str] | None,
+        log: LogSink,
+        stop_requested: StopFlag | None,
+    ) -> tuple[JobStatus, str | None]:
+        """Run the training script with the training toolkit's environment."""
+        root = job_dir / "opt" / "ml"
+        config_dir = root / "input" / "config"
+        code_dir = root / "code"
         toolkit_env = {
             "SM_MODEL_DIR": str(root / "model"),
             "SM_OUTPUT_DIR": str(root / "output"),
@@ -209,50 +306,38 @@ class JobSandbox:
             "SM_NUM_CPUS": str(os.cpu_count() or 1),
             **{f"SM_CHANNEL_{c.upper()}": str(root / "input" / "data" / c) for c in channels},
         }
-        output_path = request["OutputDataConfig"]["S3OutputPath"]
-        outputs = {
-            "model": join_uri(output_path, name, "output", "model.tar.gz"),
-            "output": join_uri(output_path, name, "output", "output.tar.gz"),
-        }
         env = self._environment(
             request.get("Environment", {}), {**toolkit_env, **(extra_env or {})}
         )
-        status, reason = execute(
-            name,
-            [self.python, str(code_dir / program)],
-            env,
-            job_dir,
-            request["StoppingCondition"]["MaxRuntimeInSeconds"],
-            log,
-            stop_requested,
-        )
-        if status == "Completed":
-            upload_tar(self.store, root / "model", outputs["model"], job_dir / "model.tar.gz")
-            upload_tar(
-                self.store, root / "output" / "data", outputs["output"], job_dir / "output.tar.gz"
+        with on_full_disk(f"writing the job's log {job_dir / LOG_FILE}"):
+            return execute(
+                name,
+                [self.python, str(code_dir / program)],
+                env,
+                job_dir,
+                request["StoppingCondition"]["MaxRuntimeInSeconds"],
+                log,
+                stop_requested,
             )
-        elif reason is None:
-            reason = failure_reason(root / "output" / "failure", job_dir)
-        return self._finish(
-            "training",
-            name,
-            job_dir,
-            started,
-            status,
-            reason,
-            channels,
-            outputs,
-            request["ResourceConfig"]["InstanceType"],
-        )
 
     # Shared ----------------------------------------------------------------------------------
 
-    def _job_dir(self, name: str) -> tuple[Path, Path]:
+    def _job_dir(self, name: str, request: Mapping[str, Any]) -> tuple[Path, Path]:
         job_dir = self.jobs_root / name
         if job_dir.exists():
             shutil.rmtree(job_dir)  # a rerun of the same job name starts from a clean container
         root = job_dir / "opt" / "ml"
-        root.mkdir(parents=True)
+        try:
+            with on_full_disk(f"creating {job_dir}"):
+                root.mkdir(parents=True)
+                # What was asked, for diagnosis; its time limit also tells the pruning when a
+                # job without a describe.json (its launcher died) can no longer be running.
+                (job_dir / REQUEST_FILE).write_text(json.dumps(request, indent=2, default=str))
+        except DiskFullError as exc:
+            volume = _volume_gb(request, "ProcessingResources") or _volume_gb(
+                request, "ResourceConfig"
+            )
+            raise JobSetupError(with_advice(str(exc), name, volume)) from exc
         return job_dir, root
 
     def _stage(self, uri: str, data_type: str, target: Path) -> None:
@@ -300,7 +385,9 @@ class JobSandbox:
             job_dir=job_dir,
             instance_type=instance_type,
         )
-        (job_dir / "describe.json").write_text(json.dumps(result.describe(), indent=2))
+        # On a full disk the result still goes back to the caller; only this record is lost.
+        with contextlib.suppress(DiskFullError), on_full_disk(f"writing {DESCRIBE_FILE}"):
+            (job_dir / DESCRIBE_FILE).write_text(json.dumps(result.describe(), indent=2))
         return result
 
 
@@ -315,11 +402,13 @@ def execute(
 ) -> tuple[JobStatus, str | None]:
     """Run the job process, passing each output line to ``log`` (and ``job.log``).
 
-    Returns the status and, when the platform ended the job (time limit, stop request), why.
-    If ``log`` raises (a Dagster run being interrupted, say), the job is stopped first.
+    Returns the status and, when the platform ended the job (time limit, stop request, a
+    signal), why. If ``log`` raises (a Dagster run being interrupted, say), the job is stopped
+    first. If this process dies without stopping the job (SIGKILL, the OOM killer), the job's
+    guard kills the job's process group.
     """
     lines: queue.Queue[str | None] = queue.Queue()
-    with (job_dir / "job.log").open("w") as log_file:
+    with (job_dir / LOG_FILE).open("w") as log_file:
         proc = subprocess.Popen(
             list(command),
             env=dict(env),
@@ -330,6 +419,7 @@ def execute(
             bufsize=1,
             start_new_session=True,  # its own process group, so stopping it stops its children
         )
+        guard: subprocess.Popen | None = None
 
         def pump() -> None:
             assert proc.stdout is not None
@@ -342,6 +432,7 @@ def execute(
         deadline = time.monotonic() + max_runtime
         reason = None
         try:
+            guard = start_guard(proc.pid)
             finished_output = False
             while not finished_output:
                 try:
@@ -358,25 +449,139 @@ def execute(
                     if time.monotonic() > deadline:
                         reason = f"MaxRuntimeExceeded: job ran longer than {max_runtime} s"
                         stop_process(proc)
-                    elif stop_requested is not None and stop_requested():
-                        reason = "Stopped on request (StopProcessingJob/StopTrainingJob)"
+                    elif stop_requested is not None and (stop := stop_requested()):
+                        reason = (
+                            stop
+                            if isinstance(stop, str)
+                            else "Stopped on request (StopProcessingJob/StopTrainingJob)"
+                        )
+                        log_file.write(f"[{name}] stopping the job: {reason}\n")
                         stop_process(proc)
             proc.wait()
         finally:
             if proc.poll() is None:
-                log_file.write(f"[{name}] stopping the job\n")
                 stop_process(proc)
+                with contextlib.suppress(OSError):  # a full disk must not hide the real error
+                    log_file.write(f"[{name}] stopping the job\n")
+            if guard is not None:
+                release_guard(guard)
             reader.join(timeout=5)
     if reason:
         return "Stopped", reason
+    if proc.returncode < 0:
+        return "Failed", killed_reason(-proc.returncode, name)
     return ("Completed" if proc.returncode == 0 else "Failed"), None
+
+
+def killed_reason(signum: int, name: str) -> str:
+    """Why a job's process ended on a signal nobody here sent, and what to do about it."""
+    try:
+        signame = signal.Signals(signum).name
+    except ValueError:
+        signame = f"signal {signum}"
+    reason = f"killed by {signame} (signal {signum})"
+    if signum == signal.SIGKILL:
+        reason += (
+            ", most often the out-of-memory killer (dmesg shows it): give the job "
+            f"more memory (a larger instance type, {settings_var(name, 'INSTANCE_TYPE')}; "
+            "locally, fewer jobs at once) or fewer customers per batch "
+            "(FORECAST_BACKFILL_BATCH_SIZE)"
+        )
+    return reason
+
+
+# Job names start fa-<step>- (resources.jobs.requests.job_name); the step names its settings.
+_SETTINGS_OF_STEP = {"prep": "PREPROCESSING", "train": "TRAINING", "infer": "INFERENCE"}
+
+
+def settings_var(name: str, field: str) -> str:
+    """The variable that sets ``field`` for the job ``name``, e.g. FORECAST_TRAINING_VOLUME_SIZE_GB."""
+    parts = name.split("-")
+    job = _SETTINGS_OF_STEP.get(parts[1], "<JOB>") if len(parts) > 1 else "<JOB>"
+    return f"FORECAST_{job}_{field}"
+
+
+def with_advice(reason: str | None, name: str, volume_gb: int | None) -> str | None:
+    """A failure reason, with what to do about a full disk: whether met while staging, logging
+    or uploading, or by the script itself (``[Errno 28] No space left on device``)."""
+    if reason is None:
+        return None
+    if "no space left on device" in reason.lower():
+        size = f", now {volume_gb} GB" if volume_gb else ""
+        reason += (
+            f": free space on that disk (old job folders go after LocalJobLauncher's retention) "
+            f"or give the job a larger volume ({settings_var(name, 'VOLUME_SIZE_GB')}{size})"
+        )
+    return reason
+
+
+def _volume_gb(request: Mapping[str, Any], resources_key: str) -> int | None:
+    config = request.get(resources_key, {})
+    config = config.get("ClusterConfig", config)
+    return config.get("VolumeSizeInGB")
+
+
+@contextlib.contextmanager
+def on_full_disk(doing: str) -> Iterator[None]:
+    """Turn ENOSPC (or a full quota) while ``doing`` into :class:`DiskFullError` naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(doing) from exc
+        raise
+
+
+# The guard: a small process beside each job. It blocks on a pipe from the process that started
+# the job. A byte means the job has ended normally; end-of-file without one means that process
+# died (SIGKILL, the OOM killer) and nobody will stop the job any more, so the guard stops the
+# job's whole process group (the script may have children): SIGTERM, then SIGKILL.
+_GUARD = f"""
+import os, signal, sys, time
+pgid = int(sys.argv[1])
+if sys.stdin.buffer.read(1):
+    sys.exit(0)
+try:
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + {STOP_GRACE_SECONDS}
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        os.killpg(pgid, 0)
+    os.killpg(pgid, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+
+
+def start_guard(pgid: int) -> subprocess.Popen:
+    """Start the guard of the job whose process group is ``pgid``."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _GUARD, str(pgid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C or a kill of this process's group must not reach it
+    )
+
+
+def release_guard(guard: subprocess.Popen) -> None:
+    """Tell the guard the job has ended (or been stopped) here, and let it go."""
+    assert guard.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # the guard itself was killed: nothing to tell
+        guard.stdin.write(b".")
+        guard.stdin.close()
+    try:
+        guard.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait()
 
 
 def failure_reason(path: Path, job_dir: Path) -> str:
     """The script's own reason (first 1 KB, as SageMaker keeps), else the end of its log."""
     if path.exists():
         return path.read_text(errors="replace").strip()[:1024]
-    tail = (job_dir / "job.log").read_text(errors="replace").strip().splitlines()[-5:]
+    tail = (job_dir / LOG_FILE).read_text(errors="replace").strip().splitlines()[-5:]
     return "AlgorithmError: " + (" | ".join(tail) or "the script exited with an error")
 
 
@@ -398,10 +603,10 @@ def _decode(value: str) -> Any:
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM the job's process group, then SIGKILL if it has not gone in 10 s."""
+    """SIGTERM the job's process group, then SIGKILL if it has not gone in the grace time."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        proc.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
