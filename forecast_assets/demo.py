@@ -87,7 +87,7 @@ def summary_line(customer: str, result: dg.ExecuteInProcessResult) -> str:
     reused = " (reused)" if forecast.get("reused") else ""
     return (
         f"{customer:<20} {pre.get('rows', 0):>7} rows {pre.get('devices', 0)} devices | "
-        f"model {model.get('model_version', '?')[-24:]}: WAPE "
+        f"model {model.get('model_version', '?')}: WAPE "
         f"{model.get('model_wape', float('nan')):.1f}% vs naive "
         f"{model.get('baseline_wape', float('nan')):.1f}%, {_gate(result)} | "
         f"forecast{reused} by {forecast.get('source', '?')}: {forecast.get('rows', 0)} rows -> "
