@@ -25,10 +25,9 @@ from tests.conftest import _free_port, land
 from tests.live_dagster import (
     REPO_ROOT,
     GraphQL,
+    dagster_dev,
     executable,
-    stop_process_group,
     tail,
-    wait_for_webserver,
 )
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -411,19 +410,8 @@ def test_backfills_from_the_ui_and_the_command_line_run_batched_under_the_pool_c
         instance.add_dynamic_partitions("customers", customers)
         port = _free_port()
         log = tmp_path / "dagster-dev.log"
-        with log.open("wb") as log_file:
-            process = subprocess.Popen(
-                [executable("dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            wait_for_webserver(process, base_url, log)
-            graphql = GraphQL(base_url)
+        with dagster_dev(env, log, port):
+            graphql = GraphQL(f"http://127.0.0.1:{port}")
 
             # The UI's "Launch backfill" for forecast_job's assets over every customer.
             keys = build_definitions("local").resolve_job_def("forecast_job")
@@ -449,8 +437,6 @@ def test_backfills_from_the_ui_and_the_command_line_run_batched_under_the_pool_c
             assert cli.returncode == 0, cli.stdout + cli.stderr + tail(log)
             assert "for 3 customer(s), 2 per run (about 2 runs)" in cli.stdout
             assert "COMPLETED_SUCCESS" in cli.stdout
-        finally:
-            stop_process_group(process)
 
         runs_by_backfill: dict[str, list[dg.DagsterRun]] = defaultdict(list)
         for run in instance.get_runs():

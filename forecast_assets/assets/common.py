@@ -237,6 +237,16 @@ def reused_metadata(published: Publication) -> dict[str, Any]:
     }
 
 
+def table_metadata(
+    records: list[dict[str, Any]], columns: dict[str, str], limit: int = 200
+) -> dg.TableMetadataValue:
+    """A table for the UI: the first ``limit`` records, with ``columns`` (name -> type)."""
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({c: r[c] for c in columns}) for r in records[:limit]],
+        schema=dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns.items()]),
+    )
+
+
 def read_json(store: ObjectStore, uri: str) -> Any:
     return json.loads(store.read_bytes(uri))
 

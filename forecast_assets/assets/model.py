@@ -23,6 +23,7 @@ from forecast_assets.assets.common import (
     materialize_result,
     stage_batch_file,
     stage_per_customer,
+    table_metadata,
 )
 from forecast_assets.assets.preprocessed import preprocessed_load
 from forecast_assets.partitions import customers_partitions_def
@@ -147,32 +148,26 @@ def holdout_table(holdout: pd.DataFrame, timezone: str) -> dg.TableMetadataValue
     local_day = holdout["timestamp"].dt.tz_convert(timezone).dt.date
     daily = holdout.groupby(local_day)[["actual", "forecast", "baseline"]].sum()
     records = [
-        dg.TableRecord(
-            {
-                "day": str(day),
-                "actual_kwh": round(float(row.actual), 1),
-                "forecast_kwh": round(float(row.forecast), 1),
-                "baseline_kwh": round(float(row.baseline), 1),
-                "forecast_error_pct": round(
-                    float((row.forecast - row.actual) / row.actual * 100), 2
-                )
-                if row.actual
-                else 0.0,
-            }
-        )
+        {
+            "day": str(day),
+            "actual_kwh": round(float(row.actual), 1),
+            "forecast_kwh": round(float(row.forecast), 1),
+            "baseline_kwh": round(float(row.baseline), 1),
+            "forecast_error_pct": round(float((row.forecast - row.actual) / row.actual * 100), 2)
+            if row.actual
+            else 0.0,
+        }
         for day, row in daily.iterrows()
     ]
-    return dg.MetadataValue.table(
-        records=records,
-        schema=dg.TableSchema(
-            columns=[
-                dg.TableColumn("day", "string"),
-                dg.TableColumn("actual_kwh", "float"),
-                dg.TableColumn("forecast_kwh", "float"),
-                dg.TableColumn("baseline_kwh", "float"),
-                dg.TableColumn("forecast_error_pct", "float"),
-            ]
-        ),
+    return table_metadata(
+        records,
+        {
+            "day": "string",
+            "actual_kwh": "float",
+            "forecast_kwh": "float",
+            "baseline_kwh": "float",
+            "forecast_error_pct": "float",
+        },
     )
 
 

@@ -17,6 +17,7 @@ from forecast_assets.assets.common import (
     customer_ids,
     fail_for_customers,
     materialize_result,
+    table_metadata,
 )
 from forecast_assets.landing import classify
 from forecast_assets.partitions import customers_partitions_def
@@ -299,25 +300,10 @@ def problem_metadata(result: ValidatedFiles) -> dict[str, Any]:
     """What was skipped and which meters are too short, as metadata (tables even when empty)."""
     return {
         "skipped": len(result.skipped),
-        "skipped_files": dg.MetadataValue.table(
-            records=[dg.TableRecord(s) for s in result.skipped[:200]],
-            schema=dg.TableSchema(
-                columns=[dg.TableColumn("file", "string"), dg.TableColumn("reason", "string")]
-            ),
-        ),
-        "meters_too_short": dg.MetadataValue.table(
-            records=[
-                dg.TableRecord({k: m[k] for k in ("device_id", "readings", "files", "reason")})
-                for m in result.meters_too_short[:200]
-            ],
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("device_id", "string"),
-                    dg.TableColumn("readings", "int"),
-                    dg.TableColumn("files", "int"),
-                    dg.TableColumn("reason", "string"),
-                ]
-            ),
+        "skipped_files": table_metadata(result.skipped, {"file": "string", "reason": "string"}),
+        "meters_too_short": table_metadata(
+            result.meters_too_short,
+            {"device_id": "string", "readings": "int", "files": "int", "reason": "string"},
         ),
     }
 
@@ -354,27 +340,14 @@ def record_manifest(
         "end": max(f["end"] for f in files),
         "landing_prefix": dg.MetadataValue.url(prefix),
         "manifest_uri": dg.MetadataValue.url(manifest_uri),
-        "file_list": dg.MetadataValue.table(
-            records=[
-                dg.TableRecord(
-                    {
-                        "file": f["relative_path"],
-                        "vendor": f["vendor"],
-                        "rows": f["rows"],
-                        "bytes": f["bytes"],
-                        "sha256": f["sha256"][:12],
-                    }
-                )
-                for f in files[:200]
-            ],
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("file", "string"),
-                    dg.TableColumn("vendor", "string"),
-                    dg.TableColumn("rows", "int"),
-                    dg.TableColumn("bytes", "int"),
-                    dg.TableColumn("sha256", "string"),
-                ]
-            ),
+        "file_list": table_metadata(
+            [{**f, "file": f["relative_path"], "sha256": f["sha256"][:12]} for f in files],
+            {
+                "file": "string",
+                "vendor": "string",
+                "rows": "int",
+                "bytes": "int",
+                "sha256": "string",
+            },
         ),
     }
