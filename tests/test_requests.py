@@ -16,6 +16,7 @@ import pytest
 
 from forecast_assets.customers import MAX_CUSTOMER_ID_LENGTH, validate_customer_id
 from resources.jobs import code as job_code
+from resources.jobs import validation
 from resources.jobs.requests import (
     JobInput,
     JobOutput,
@@ -26,6 +27,7 @@ from resources.jobs.requests import (
     training_job_request,
 )
 from resources.jobs.settings import JOB_NAMES, LOCAL_ROLE_ARN, JobSettings, PlatformSettings
+from resources.jobs.validation import Operation
 from resources.storage import LocalObjectStore
 
 SAGEMAKER_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -273,61 +275,17 @@ def test_model_and_output_data_uris():
 # Against the real API model --------------------------------------------------------------------
 
 
-def _sagemaker_model():
-    boto3 = pytest.importorskip("boto3")
-    if "sagemaker" not in boto3.session.Session().get_available_services():
-        pytest.skip("botocore has no sagemaker service model")
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model("sagemaker")
-
-
-def _model_violations(value: Any, shape: Any, path: str = "") -> list[str]:
-    """What botocore's validator does not check: enums, maximum lengths, patterns, ranges."""
-    out: list[str] = []
-    meta = shape.metadata
-    kind = shape.type_name
-    if kind == "structure":
-        for name, member in value.items():
-            if name in shape.members:  # unknown names are botocore's to report
-                out += _model_violations(member, shape.members[name], f"{path}.{name}")
-    elif kind == "list":
-        if "max" in meta and len(value) > meta["max"]:
-            out.append(f"{path}: {len(value)} items > {meta['max']}")
-        for i, item in enumerate(value):
-            out += _model_violations(item, shape.member, f"{path}[{i}]")
-    elif kind == "map":
-        if "max" in meta and len(value) > meta["max"]:
-            out.append(f"{path}: {len(value)} entries > {meta['max']}")
-        for k, v in value.items():
-            out += _model_violations(k, shape.key, f"{path}<key {k}>")
-            out += _model_violations(v, shape.value, f"{path}[{k}]")
-    elif kind == "string":
-        if shape.enum and value not in shape.enum:
-            out.append(f"{path}: {value!r} not in {shape.enum}")
-        if "max" in meta and len(value) > meta["max"]:
-            out.append(f"{path}: length {len(value)} > {meta['max']}")
-        if "pattern" in meta:
-            try:
-                pattern = re.compile(meta["pattern"])
-            except re.error:
-                pattern = None  # a Java-only construct; botocore would not check it either
-            if pattern is not None and not pattern.fullmatch(value):
-                out.append(f"{path}: {value!r} does not match {meta['pattern']}")
-    elif kind in ("integer", "long") and isinstance(value, int):
-        if "min" in meta and value < meta["min"]:
-            out.append(f"{path}: {value} < {meta['min']}")
-        if "max" in meta and value > meta["max"]:
-            out.append(f"{path}: {value} > {meta['max']}")
-    return out
-
-
-def _validate(operation: str, request: dict[str, Any]) -> tuple[str, list[str]]:
+def _validate(operation: Operation, request: dict[str, Any]) -> tuple[str, list[str]]:
+    """botocore's own report, and every constraint of the service model it leaves to the service
+    (resources.jobs.validation walks the model: enums, maximum lengths, patterns, ranges)."""
     from botocore.validate import ParamValidator
 
-    shape = _sagemaker_model().operation_model(operation).input_shape
-    report = ParamValidator().validate(request, shape)
-    return report.generate_report(), _model_violations(request, shape)
+    report = ParamValidator().validate(request, validation.input_shape(operation))
+    violations = [str(f) for f in validation.model_findings(operation, request)]
+    # What launchers run: the same checks, with each problem naming its setting.
+    if not report.has_errors() and not violations:
+        assert validation.request_problems(operation, request) == []
+    return report.generate_report(), violations
 
 
 def _real_processing(name: str) -> dict[str, Any]:
@@ -701,5 +659,6 @@ def test_training_without_channels_sends_no_input_config():
 
 @pytest.mark.parametrize("bad", ["team", "=x", "a=1,b"])
 def test_malformed_platform_tags_are_refused(bad):
-    with pytest.raises(ValueError, match="is not key=value"):
-        PlatformSettings(tags=bad).tag_map()
+    # Refused when the settings are made (at launch, once FORECAST_TAGS is resolved).
+    with pytest.raises(ValueError, match=r"FORECAST_TAGS .*is not key=value"):
+        PlatformSettings(tags=bad)

@@ -32,6 +32,17 @@ def job_name(step: str, customer_id: str, run_id: str, attempt: int = 0) -> str:
     return name
 
 
+def step_of_job_name(name: str) -> str | None:
+    """The step (``preprocessing``, ``training``, ``inference``) a job name was made for, if any.
+
+    Also for a relaunched attempt (``…-a2``), which keeps the name's start.
+    """
+    for step, abbrev in _STEP_ABBREVIATIONS.items():
+        if name.startswith(f"fa-{abbrev}-"):
+            return step
+    return None
+
+
 @dataclass(frozen=True)
 class JobInput:
     """An S3 input staged into the job before its script starts."""
