@@ -58,3 +58,13 @@ bench: install
 
 clean:
 	rm -rf .forecast_data
+
+.PHONY: wheelhouse images
+
+## wheelhouse: wheels of what SageMaker's prebuilt image lacks, for its Python (needs PyPI once)
+wheelhouse: install
+	$(PY) scripts/build_wheelhouse.py
+
+## images: build containers/<job>/Dockerfile and push to ECR (ECR_REGISTRY=..., PUSH=0 builds only)
+images:
+	bash scripts/build_images.sh $(IMAGE_JOBS)

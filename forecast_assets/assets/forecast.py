@@ -229,7 +229,7 @@ def load_forecast(
             "--issued-at",
             issued_at,
         ],
-        inputs=[JobInput("code", code_uri), *job_inputs],
+        inputs=[JobInput("code", code_uri), *launcher.dependency_inputs("inference"), *job_inputs],
         outputs=[JobOutput("forecast", staging)],
         tags=job_tags(context, to_run),
         platform=launcher.platform,

@@ -255,7 +255,7 @@ def load_forecast_model(
         program=program,
         source_uri=code_uri,
         hyperparameters=hyperparameters,
-        channels=channels,
+        channels=[*channels, *launcher.dependency_inputs("training")],
         output_uri=output_uri,
         tags=job_tags(context, to_run),
         platform=launcher.platform,

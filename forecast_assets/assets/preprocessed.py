@@ -278,7 +278,11 @@ def preprocessed_load(
             "--max-fill-gap",
             config.max_fill_gap,
         ],
-        inputs=[JobInput("code", code_uri), *job_inputs],
+        inputs=[
+            JobInput("code", code_uri),
+            *launcher.dependency_inputs("preprocessing"),
+            *job_inputs,
+        ],
         outputs=[JobOutput("preprocessed", staging)],
         tags=job_tags(context, to_run),
         platform=launcher.platform,

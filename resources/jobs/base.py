@@ -9,6 +9,7 @@ from typing import Any, Literal
 import dagster as dg
 
 from resources.jobs import code as job_code
+from resources.jobs.requests import JobInput
 from resources.jobs.settings import (
     LOCAL_ROLE_ARN,
     JobName,
@@ -126,15 +127,42 @@ class JobLauncher(dg.ConfigurableResource, ABC):
             "inference": self.inference,
         }[job]
 
+    def prebuilt_image(self, job: JobName) -> bool:
+        """Whether the job runs on SageMaker's prebuilt scikit-learn image: its image URI is empty.
+
+        That image lacks some of the job's requirements, which the job then installs from the
+        wheelhouse, offline (``resources.jobs.code``). An image built from
+        ``containers/<job>/Dockerfile`` has them all, and so has the local launcher's
+        interpreter, whose image URIs are never empty.
+        """
+        return not JobLauncher.settings_for(self, job).image_uri
+
+    def _wheelhouse(self, job: JobName) -> job_code.Wheelhouse | None:
+        return job_code.prebuilt_image_wheelhouse(job) if self.prebuilt_image(job) else None
+
     def publish_code(self, job: JobName) -> tuple[str, str]:
         """Publish the job's code; returns (code URI, entry script).
 
-        Processing jobs get a folder to stage as an input; training jobs a sourcedir.tar.gz.
+        Processing jobs get a folder to stage as an input; training jobs a sourcedir.tar.gz. On
+        the prebuilt image the wheelhouse is published first, and the bundle's requirements.txt
+        installs from it without an index: the job must stage it (``dependency_inputs``).
         """
-        bundle = job_code.bundle(job)
+        wheels = self._wheelhouse(job)
+        if wheels is not None:
+            job_code.publish_wheelhouse(self.store, wheels)
+        bundle = job_code.bundle(job, wheelhouse=wheels)
         if job == "training":
             return job_code.publish_tarball(self.store, bundle), bundle.entry_script
         return job_code.publish_folder(self.store, bundle), bundle.entry_script
+
+    def dependency_inputs(self, job: JobName) -> list[JobInput]:
+        """What the job stages besides its code, to add to its request's inputs (processing) or
+        channels (training): the wheelhouse, as ``wheels``, on the prebuilt image; else nothing.
+        """
+        wheels = self._wheelhouse(job)
+        if wheels is None:
+            return []
+        return [JobInput(job_code.WHEELS_INPUT, job_code.publish_wheelhouse(self.store, wheels))]
 
     @abstractmethod
     def run_processing_job(

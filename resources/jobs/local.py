@@ -24,6 +24,7 @@ from resources.data_home import data_home
 from resources.jobs import cleanup
 from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher, failure_detail
 from resources.jobs.sandbox import JobSandbox, JobSetupError, SandboxResult
+from resources.jobs.settings import JobName
 from resources.storage import LocalObjectStore, split_uri
 
 # How often a running job checks that its Dagster run is still going.
@@ -57,6 +58,11 @@ class LocalJobLauncher(JobLauncher):
         "local object store's jobs/<job>/ folders go. Two weeks: two weekly trainings, and a "
         "failure seen after a holiday can still be diagnosed.",
     )
+
+    def prebuilt_image(self, job: JobName) -> bool:
+        """Never: a local job runs on the Dagster interpreter, which has every requirement, so it
+        needs no wheelhouse whatever its image URI says."""
+        return False
 
     def sandbox(self) -> JobSandbox:
         return JobSandbox(self.store, data_home() / "jobs", self.python or sys.executable)
