@@ -13,14 +13,19 @@ As dagster-aws tests its ECS Pipes client against moto with tasks that really ru
   stream (``/aws/sagemaker/ProcessingJobs`` or ``/aws/sagemaker/TrainingJobs``,
   ``<job name>/algo-1-<epoch>``);
 - answers Describe*, List* and Stop* from the job's live state, in the response shapes of
-  botocore's service model, with SageMaker's error codes (``ResourceInUse`` for a duplicate
-  name, ``ValidationException`` for an unknown job or stopping a finished one).
+  botocore's service model, with SageMaker's error codes and messages (``ResourceInUse`` for a
+  duplicate name, ``ValidationException`` for an unknown job or stopping a finished one).
+
+An unknown job is not answered with the ``ResourceNotFound`` that botocore's model documents for
+DescribeProcessingJob and DescribeTrainingJob, but, as the real service does, with a
+``ValidationException`` whose message differs by job type (:data:`MISSING_JOB_MESSAGES`).
 
 moto alone is not enough: it marks every job Completed the moment it is created, accepts
 duplicate names (replacing the first job) and has no StopTrainingJob.
 
 For tests there are :meth:`FakeSageMakerClient.throttle_next` (the next N calls of an operation
-raise ``ThrottlingException``), :meth:`~FakeSageMakerClient.wait_until_running`,
+raise ``ThrottlingException``), :meth:`~FakeSageMakerClient.fail_next` (any other error),
+:meth:`~FakeSageMakerClient.wait_until_running`,
 :meth:`~FakeSageMakerClient.wait_until_done` and :attr:`~FakeSageMakerClient.calls`.
 """
 
@@ -65,6 +70,20 @@ OPERATIONS = (
     "ListProcessingJobs",
     "ListTrainingJobs",
 )
+# How SageMaker answers a Describe (or Stop) of a job that does not exist: not with the
+# ResourceNotFound its API reference and botocore's model document, but with a
+# ValidationException (HTTP 400) whose message depends on the job type. Sources: AWS's own
+# SageMaker operator for Kubernetes, aws/amazon-sagemaker-operator-for-k8s
+# controllers/sdkutil/clientwrapper/sagemaker_client.go (DescribeProcessingJob404Code
+# "ValidationException", prefix "Could not find requested job"; DescribeTrainingJob and
+# StopTrainingJob "ValidationException", prefix "Requested resource not found"), and the error as
+# users saw it: "An error occurred (ValidationException) when calling the DescribeTrainingJob
+# operation: Requested resource not found." (aws/amazon-sagemaker-examples#2360, boto/boto3#2808,
+# aws/aws-sdk#165).
+MISSING_JOB_MESSAGES: dict[JobType, str] = {
+    "processing": "Could not find requested job with name {name}",
+    "training": "Requested resource not found.",
+}
 _STATUS_MESSAGES = {
     "Starting": "Preparing the instances for training",
     "Downloading": "Downloading input data",
@@ -184,7 +203,7 @@ class FakeSageMakerClient:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         """Every call made to the fake, throttled ones included: (API operation name, kwargs)."""
         self._jobs: dict[tuple[JobType, str], _Job] = {}
-        self._throttles: dict[str, int] = {}
+        self._failures: dict[str, list[tuple[str, str]]] = {}
         self._lock = threading.RLock()
         self._log_groups: set[str] = set()
         self._last_log_ms = 0
@@ -240,9 +259,14 @@ class FakeSageMakerClient:
         (``describe_training_job``). The error is what boto3 raises once its own retries are
         spent: a ClientError with HTTP status 400 and message "Rate exceeded".
         """
+        self.fail_next(operation, "ThrottlingException", "Rate exceeded", times)
+
+    def fail_next(self, operation: str, code: str, message: str, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``operation`` raise ``code`` with ``message``
+        (HTTP 400), e.g. ``AccessDeniedException``; queued after earlier failures."""
         name = self._operation_name(operation)
         with self._lock:
-            self._throttles[name] = self._throttles.get(name, 0) + times
+            self._failures.setdefault(name, []).extend([(code, message)] * times)
 
     def wait_until_running(self, name: str, timeout: float = 30) -> str:
         """Wait until the job's container process has started (or the job has ended).
@@ -279,6 +303,12 @@ class FakeSageMakerClient:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no job {name} was created within {timeout} s") from None
                 time.sleep(0.05)
+
+    def created_jobs(self) -> list[str]:
+        """Names of the jobs created (refused creates excluded), oldest first."""
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda job: job.created)
+        return [job.name for job in jobs]
 
     def job_dir(self, name: str) -> Path:
         return self.jobs_root / name
@@ -319,12 +349,12 @@ class FakeSageMakerClient:
         raise ValueError(f"the fake does not implement {operation!r}; it has {OPERATIONS}")
 
     def _enter(self, operation: str, params: Mapping[str, Any]) -> None:
-        """Record the call, raise a pending throttle, validate the parameters as boto3 does."""
+        """Record the call, raise a pending failure, validate the parameters as boto3 does."""
         with self._lock:
             self.calls.append((operation, copy.deepcopy(dict(params))))
-            if self._throttles.get(operation, 0) > 0:
-                self._throttles[operation] -= 1
-                raise self._error(operation, "ThrottlingException", "Rate exceeded")
+            if self._failures.get(operation):
+                code, message = self._failures[operation].pop(0)
+                raise self._error(operation, code, message)
         validate_parameters(dict(params), self._model.operation_model(operation).input_shape)
 
     def _error(self, operation: str, code: str, message: str) -> ClientError:
@@ -363,7 +393,8 @@ class FakeSageMakerClient:
         with self._lock:
             job = self._jobs.get((job_type, name))
         if job is None:
-            raise self._error(operation, "ValidationException", "Requested resource not found.")
+            message = MISSING_JOB_MESSAGES[job_type].format(name=name)
+            raise self._error(operation, "ValidationException", message)
         return job
 
     # Create ------------------------------------------------------------------------------

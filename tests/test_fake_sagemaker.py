@@ -288,19 +288,33 @@ def test_throttle_next_raises_exactly_n_times(sagemaker, s3_store):
     assert [op for op, _ in sagemaker.calls].count("DescribeProcessingJob") == 3
     with pytest.raises(ValueError):
         sagemaker.throttle_next("describe_endpoint", 1)
+    # Any other error, queued in order behind a throttle; refused calls create nothing.
+    sagemaker.throttle_next("DescribeProcessingJob")
+    sagemaker.fail_next("DescribeProcessingJob", "AccessDeniedException", "not authorized")
+    codes = []
+    for _ in range(2):
+        with pytest.raises(ClientError) as exc:
+            sagemaker.describe_processing_job(ProcessingJobName="fa-prep-t-1")
+        codes.append(error_code(exc))
+    assert codes == [("ThrottlingException", 400), ("AccessDeniedException", 400)]
+    sagemaker.describe_processing_job(ProcessingJobName="fa-prep-t-1")
+    assert sagemaker.created_jobs() == ["fa-prep-t-1", "fa-prep-t-2"]
 
 
 def test_unknown_jobs_and_bad_parameters_fail_as_sagemaker_does(sagemaker):
+    """A missing job is a ValidationException (not the ResourceNotFound botocore's model
+    documents), with a message that differs by job type; see MISSING_JOB_MESSAGES for sources."""
     with pytest.raises(ClientError) as exc:
         sagemaker.describe_processing_job(ProcessingJobName="no-such-job")
     assert error_code(exc) == ("ValidationException", 400)
-    assert "Requested resource not found" in str(exc.value)
-    with pytest.raises(ClientError) as exc:
-        sagemaker.describe_training_job(TrainingJobName="no-such-job")
-    assert error_code(exc) == ("ValidationException", 400)
-    with pytest.raises(ClientError) as exc:
-        sagemaker.stop_training_job(TrainingJobName="no-such-job")
-    assert error_code(exc) == ("ValidationException", 400)
+    assert exc.value.response["Error"]["Message"] == (
+        "Could not find requested job with name no-such-job"
+    )
+    for call in (sagemaker.describe_training_job, sagemaker.stop_training_job):
+        with pytest.raises(ClientError) as exc:
+            call(TrainingJobName="no-such-job")
+        assert error_code(exc) == ("ValidationException", 400)
+        assert exc.value.response["Error"]["Message"] == "Requested resource not found."
     with pytest.raises(ParamValidationError):
         sagemaker.describe_processing_job(Name="no-such-job")
     with pytest.raises(ParamValidationError):  # botocore's own checks, via the moto client

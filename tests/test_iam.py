@@ -569,10 +569,18 @@ def run_workload(
             client.wait.sleep = sleep
         return client
 
-    # A processing job and a training job, each run through Pipes to completion.
+    # A processing job and a training job, each run through Pipes to completion. The processing
+    # step runs its request twice, as a restarted step does: the second create is refused
+    # (ResourceInUse) and the job described and reused.
     request = _processing_request(store, "fa-prep-acme-iam1-0", PROCESSING_SCRIPT)
-    result = _in_asset(lambda context: pipes_client().run(context=context, processing_job=request))
+
+    def twice(context: Any) -> Any:
+        pipes_client().run(context=context, processing_job=request)
+        return pipes_client().run(context=context, processing_job=request)
+
+    result = _in_asset(twice)
     assert result.success, _failure(result)
+    assert len(fake.created_jobs()) == 1
     # Reported through Pipes: the messages were read.
     assert result.asset_materializations_for_node("probe")[0].metadata["files"].value == 2
     training = _training_request(store, "fa-train-acme-iam1-0", TRAINING_SCRIPT)
@@ -684,6 +692,27 @@ def test_policies_allow_every_recorded_call_and_nothing_unused(store, fake, tmp_
     # Every job was told to write its Pipes messages under our prefix.
     prefixes = _pipes_message_prefixes(recorder)
     assert prefixes and all(p.startswith(f"{PREFIX}/pipes/") for p in prefixes), prefixes
+    # The job's own Pipes calls run in its process, unrecorded: the execution role may read its
+    # context and write its message chunks, also each host's of a multi-instance job.
+    bucket = f"arn:aws:s3:::{store.bucket}"
+    for call in recorder.calls:
+        if call.service == "sagemaker" and call.operation.startswith("Create"):
+            context = decode_param(call.params["Environment"]["DAGSTER_PIPES_CONTEXT"])
+            messages = decode_param(call.params["Environment"]["DAGSTER_PIPES_MESSAGES"])
+            job_side = [
+                Request("s3:GetObject", f"{bucket}/{context['key']}"),
+                Request("s3:PutObject", f"{bucket}/{messages['key_prefix']}/1.json"),
+                Request("s3:PutObject", f"{bucket}/{messages['key_prefix']}/algo-2/1.json"),
+            ]
+            for request in job_side:
+                assert allowing_statements(execution_policy, request), request
+            # Where iam/README.md says they are (the lifecycle rules and deletes rely on it).
+            key = re.escape(PREFIX) + r"/pipes/[0-9a-f]{16}/"
+            assert re.fullmatch(key + r"context\.json", context["key"]), context
+            assert re.fullmatch(key + "messages", messages["key_prefix"]), messages
+    readme = (IAM_DIR / "README.md").read_text()
+    assert "`${PREFIX}/pipes/<key>/context.json`" in readme
+    assert "`pipes/<key>/messages/<n>.json`" in readme
 
     # (b) The Dagster policy allows every call the Dagster side makes.
     refused = _refusals(dagster_policy, dagster_calls)
