@@ -171,8 +171,10 @@ def training_job_request(
     lands at ``<output_uri>/<name>/output/model.tar.gz``. Hyperparameter values are JSON-encoded
     strings, as the SageMaker SDK sends them.
 
-    With ``settings.spot_max_wait_seconds`` above 0 the job uses managed spot capacity and
-    checkpoints to ``checkpoint_uri``, so an interrupted job resumes rather than restarts.
+    With ``settings.spot_max_wait_seconds`` above 0 the job uses managed spot capacity, and
+    ``checkpoint_uri`` is synced with ``/opt/ml/checkpoints``. The training script writes no
+    checkpoints (one customer's fit takes minutes), so a job that loses its spot instance starts
+    over; the wait ceiling covers that.
     """
     hps = {k: json.dumps(v) for k, v in sorted(hyperparameters.items())}
     hps["sagemaker_program"] = json.dumps(program)

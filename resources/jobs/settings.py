@@ -155,7 +155,7 @@ class JobSettings(dg.Config):
     max_runtime_seconds: int = 3600
     spot_max_wait_seconds: int = 0
     """Training only: above 0, managed spot training that may wait this long in all (at least
-    max_runtime_seconds), checkpointing to S3 so an interrupted job resumes."""
+    max_runtime_seconds). The script writes no checkpoints: an interrupted job starts over."""
 
     # Bounds every kind of job shares (ImageUri / TrainingImage take 255 characters); those that
     # differ between processing and training are checked on the request.
