@@ -11,6 +11,7 @@ backfill until it ends and exits non-zero if any run failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -116,7 +117,17 @@ def wait_for_backfill(
         time.sleep(poll_seconds)
 
 
+def load_env_file(folder: str = ".") -> None:
+    """Read ``.env`` from ``folder`` as ``dagster dev`` and the code location do, so the batch size
+    set there applies here too. A variable already set in the shell wins."""
+    from dagster._core.secrets.env_file import get_env_var_dict
+
+    for key, value in get_env_var_dict(folder).items():
+        os.environ.setdefault(key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
+    load_env_file()  # before the definitions are built: their backfill policy reads the batch size
     from forecast_assets.definitions import defs
     from forecast_assets.environment import backfill_batch_size
 

@@ -13,7 +13,12 @@ import pytest
 from forecast_assets import paths, publication
 from forecast_assets.assets import ALL_ASSETS
 from forecast_assets.assets.common import PROCESSING_POOL, TRAINING_POOL, combine_checks
-from forecast_assets.backfill import BackfillError, submit_backfill, wait_for_backfill
+from forecast_assets.backfill import (
+    BackfillError,
+    load_env_file,
+    submit_backfill,
+    wait_for_backfill,
+)
 from forecast_assets.definitions import build_definitions
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from forecast_assets.environment import backfill_batch_size
@@ -61,6 +66,21 @@ def test_batch_size_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv("FORECAST_BACKFILL_BATCH_SIZE", bad)
         with pytest.raises(ValueError, match="FORECAST_BACKFILL_BATCH_SIZE"):
             backfill_batch_size()
+
+
+def test_forecast_backfill_reads_the_batch_size_from_env_file_unless_the_shell_sets_it(
+    monkeypatch, tmp_path
+):
+    (tmp_path / ".env").write_text("FORECAST_BACKFILL_BATCH_SIZE=10\nFORECAST_TAGS=team=a b\n")
+    for name in ("FORECAST_BACKFILL_BATCH_SIZE", "FORECAST_TAGS"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch restores it afterwards
+        monkeypatch.delenv(name)
+    load_env_file(str(tmp_path))
+    assert backfill_batch_size() == 10
+    assert os.environ["FORECAST_TAGS"] == "team=a b"
+    monkeypatch.setenv("FORECAST_BACKFILL_BATCH_SIZE", "3")
+    load_env_file(str(tmp_path))
+    assert backfill_batch_size() == 3
 
 
 def test_every_asset_shares_the_backfill_policy_and_jobs_take_pool_slots():
