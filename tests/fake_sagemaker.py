@@ -12,6 +12,10 @@ As dagster-aws tests its ECS Pipes client against moto with tasks that really ru
 - writes every line the job prints to CloudWatch Logs on moto, in SageMaker's log group and
   stream (``/aws/sagemaker/ProcessingJobs`` or ``/aws/sagemaker/TrainingJobs``,
   ``<job name>/algo-1-<epoch>``);
+- runs a processing job with ``InstanceCount`` N as N processes at once, one per host
+  (``algo-1`` … ``algo-N``, see the sandbox), each with its own log stream
+  ``<job name>/algo-<k>-<epoch>``; :attr:`FakeSageMakerClient.processes` names, per job, the hosts
+  whose process wrote to its log;
 - answers Describe*, List* and Stop* from the job's live state, in the response shapes of
   botocore's service model, with SageMaker's error codes and messages (``ResourceInUse`` for a
   duplicate name, ``ValidationException`` for an unknown job or stopping a finished one).
@@ -50,6 +54,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.validate import validate_parameters
 
+from resources.jobs.requests import instance_count
 from resources.jobs.sandbox import JobSandbox, JobSetupError, SandboxResult
 from resources.storage import ObjectStore, join_uri
 
@@ -130,6 +135,7 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     log_stream: str | None = None
+    log_streams: dict[str, str] = field(default_factory=dict)  # host -> stream
     log_errors: list[str] = field(default_factory=list)
     error: str | None = None  # the traceback when the fake itself failed to run the job
     result: SandboxResult | None = None
@@ -200,6 +206,8 @@ class FakeSageMakerClient:
             "AWS_SECRET_ACCESS_KEY": aws_secret_access_key,
             "AWS_DEFAULT_REGION": region_name,
         }
+        self.processes: dict[str, list[str]] = {}
+        """Per job, the hosts whose container process wrote to its log, in order of first line."""
         self.calls: list[tuple[str, dict[str, Any]]] = []
         """Every call made to the fake, throttled ones included: (API operation name, kwargs)."""
         self._jobs: dict[tuple[JobType, str], _Job] = {}
@@ -314,10 +322,14 @@ class FakeSageMakerClient:
         return self.jobs_root / name
 
     def log_stream(self, name: str) -> tuple[str, str]:
-        """(log group, log stream) of the job's CloudWatch log on moto."""
+        """(log group, log stream) of the job's CloudWatch log on moto (algo-1's)."""
         job = self._find(name)
         assert job.log_stream is not None, f"job {name} has no log stream yet"
         return LOG_GROUPS[job.job_type], job.log_stream
+
+    def log_streams(self, name: str) -> dict[str, str]:
+        """The job's log stream of each host."""
+        return dict(self._find(name).log_streams)
 
     def close(self, timeout: float = 30) -> None:
         """Stop every job still running and wait for its thread."""
@@ -461,15 +473,24 @@ class FakeSageMakerClient:
         sandbox = JobSandbox(
             cast(ObjectStore, _ObservedStore(self.store, on_upload)), self.jobs_root, self.python
         )
-        run = sandbox.run_processing if job.job_type == "processing" else sandbox.run_training
         status, reason, secondary = "Failed", None, "Failed"
         try:
-            result = run(
-                job.request,
-                extra_env=self.job_env,
-                log=lambda line: self._log(job, line),
-                stop_requested=lambda: self._poll_stop(job),
-            )
+            if job.job_type == "processing":
+                result = sandbox.run_processing(
+                    job.request,
+                    extra_env=self.job_env,
+                    log=lambda line: self._log(job, line),
+                    stop_requested=lambda: self._poll_stop(job),
+                    host_logs=lambda host: lambda line: self._log(job, line, host),
+                )
+            else:
+                result = sandbox.run_training(
+                    job.request,
+                    extra_env=self.job_env,
+                    log=lambda line: self._log(job, line),
+                    stop_requested=lambda: self._poll_stop(job),
+                    host_logs=lambda host: lambda line: self._log(job, line, host),
+                )
             job.result = result
             status, reason = result.status, result.failure_reason
             if status == "Stopped":
@@ -479,9 +500,8 @@ class FakeSageMakerClient:
                     secondary, reason = "Stopped", None  # a requested stop is not a failure
             else:
                 secondary = status
-            message_file = self.job_dir(job.name) / "opt" / "ml" / "output" / "message"
-            if job.job_type == "processing" and message_file.exists():
-                job.exit_message = message_file.read_text(errors="replace")[:1024]
+            if job.job_type == "processing" and result.exit_message is not None:
+                job.exit_message = result.exit_message
         except (JobSetupError, FileNotFoundError) as exc:
             reason = f"ClientError: {exc}"
         except Exception as exc:
@@ -535,14 +555,23 @@ class FakeSageMakerClient:
                 if exc.response["Error"]["Code"] != "ResourceAlreadyExistsException":
                     raise
             self._log_groups.add(group)
-        stream = f"{job.name}/algo-1-{int(time.time())}"
-        self._logs.create_log_stream(logGroupName=group, logStreamName=stream)
-        job.log_stream = stream
+        count = instance_count(job.request)
+        for number in range(1, count + 1):
+            # SageMaker's stream names: <job name>/algo-<k>-<epoch seconds>.
+            stream = f"{job.name}/algo-{number}-{int(time.time())}"
+            self._logs.create_log_stream(logGroupName=group, logStreamName=stream)
+            job.log_streams[f"algo-{number}"] = stream
+        job.log_stream = job.log_streams["algo-1"]
 
-    def _log(self, job: _Job, line: str) -> None:
+    def _log(self, job: _Job, line: str, host: str = "algo-1") -> None:
         if not job.running.is_set():
             self._poll_stop(job)
-        if job.log_stream is None:
+        with self._lock:
+            seen = self.processes.setdefault(job.name, [])
+            if host not in seen:
+                seen.append(host)
+        stream = job.log_streams.get(host)
+        if stream is None:
             return
         with self._lock:
             # Strictly increasing, so a reader that resumes after the last timestamp it saw
@@ -552,7 +581,7 @@ class FakeSageMakerClient:
         try:
             self._logs.put_log_events(
                 logGroupName=LOG_GROUPS[job.job_type],
-                logStreamName=job.log_stream,
+                logStreamName=stream,
                 logEvents=[{"timestamp": stamp, "message": line}],
             )
         except Exception:

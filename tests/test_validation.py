@@ -89,11 +89,13 @@ def _worst_platform() -> PlatformSettings:
     )
 
 
-def _settings(job: JobName, customers: int) -> JobSettings:
+def _settings(job: JobName, customers: int, instances: int = 3) -> JobSettings:
+    """The worst settings; training runs on one instance (more are refused, see
+    resources.jobs.settings.training_instance_count_problem)."""
     settings = JobSettings(
         image_uri=IMAGE.format(job=job),
         instance_type="ml.m5.24xlarge",
-        instance_count=3,
+        instance_count=1 if job == "training" else instances,
         volume_size_gb=16_384 if job != "training" else 30,
         max_runtime_seconds=86_400,
         spot_max_wait_seconds=172_800 if job == "training" else 0,
@@ -106,13 +108,17 @@ def _asset_context(asset: str) -> Any:
 
 
 def _job_request(
-    job: JobName, customers: list[str], store: LocalObjectStore, attempt: int = 12345
+    job: JobName,
+    customers: list[str],
+    store: LocalObjectStore,
+    attempt: int = 12345,
+    instances: int = 3,
 ) -> tuple[Operation, dict[str, Any]]:
     """The body the asset for ``job`` builds for ``customers`` (see forecast_assets/assets/)."""
     label = customers[0] if len(customers) == 1 else f"batch{len(customers)}"
     name = job_name(job, label, RUN_ID, attempt)
     version = new_version(name)
-    settings = _settings(job, len(customers))
+    settings = _settings(job, len(customers), instances)
     asset = {
         "preprocessing": "preprocessed/load",
         "training": "models/load_forecast_model",
@@ -295,10 +301,20 @@ JOBS: tuple[JobName, ...] = ("preprocessing", "training", "inference")
 
 
 @pytest.mark.parametrize("layout", ["short", "injector"])
-@pytest.mark.parametrize("customers", [1, BATCH], ids=["one customer", "batch of 10"])
+@pytest.mark.parametrize(
+    ("customers", "instances"),
+    [(1, 3), (BATCH, 1), (BATCH, 3)],
+    ids=["one customer", "batch of 10", "3-instance batch of 10"],
+)
 @pytest.mark.parametrize("job", JOBS)
-def test_worst_case_requests_are_valid(job: JobName, customers: int, layout: str, seeded: None):
-    operation, body = _job_request(job, CUSTOMERS[:customers], _store())
+def test_worst_case_requests_are_valid(
+    job: JobName, customers: int, instances: int, layout: str, seeded: None
+):
+    operation, body = _job_request(job, CUSTOMERS[:customers], _store(), instances=instances)
+    cluster = body.get("ProcessingResources", {}).get("ClusterConfig") or body["ResourceConfig"]
+    # Never more instances than customers; training on one (more are refused).
+    expected = 1 if job == "training" else min(instances, customers)
+    assert cluster["InstanceCount"] == expected
     tag_keys = {t["Key"] for t in body["Tags"]}
     assert len(tag_keys) == MAX_DEPLOYMENT_TAGS + 5  # every FORECAST_TAGS tag, and the step's
     # Many draws of the keys' random characters, as many launches would make.

@@ -38,6 +38,7 @@ class CompletedJob:
     input_uris: dict[str, str]
     output_uris: dict[str, str]
     console_url: str | None = None
+    instance_count: int = 1
     invocation: dg.PipesClientCompletedInvocation | None = field(default=None, repr=False)
 
     @property
@@ -77,6 +78,7 @@ class CompletedJob:
             "job_duration_s": round(self.duration_seconds, 2),
             "billable_seconds": self.billable_seconds,
             "instance_type": self.instance_type,
+            "instance_count": self.instance_count,
             "job_inputs": dg.MetadataValue.json(self.input_uris),
             "job_outputs": dg.MetadataValue.json(self.output_uris),
         }

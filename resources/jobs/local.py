@@ -5,6 +5,11 @@ Each job runs in ``<data home>/jobs/<job name>/`` through :class:`~resources.job
 adds the Pipes session, streams the job's log into the Dagster run, and turns a Failed or
 Stopped job into :class:`~resources.jobs.base.JobFailedError` with the job's own reason.
 
+A job with ``InstanceCount`` N > 1 runs as N processes at once, one per host, as
+on SageMaker; each host writes its Pipes messages to a file of its own
+(``forecast_core.runtime.host_message_params``), and the session reads all N and waits for each
+host's ``closed``.
+
 A job outlives nothing that launched it. If the step process dies, the sandbox's guard kills
 the job. If the run worker dies while the step process lives on (a spawned step process is
 not killed with its parent), the code server marks the run failed, and the wait loop here,
@@ -12,17 +17,25 @@ which checks the run's status every few seconds, stops the job. Before each job 
 job folders are pruned (``resources.jobs.cleanup``).
 """
 
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dagster as dg
+from dagster._core.pipes.client import PipesParams
+from dagster._core.pipes.context import PipesMessageHandler
+from dagster_pipes import PipesDefaultMessageWriter
 from pydantic import Field
 
+from forecast_core.runtime import host_message_params, host_names
 from resources.data_home import data_home
 from resources.jobs import cleanup
 from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher, failure_detail
+from resources.jobs.requests import instance_count
 from resources.jobs.sandbox import JobSandbox, JobSetupError, SandboxResult
 from resources.jobs.settings import JobName
 from resources.storage import LocalObjectStore, split_uri
@@ -35,6 +48,34 @@ _ENDED = {
     dg.DagsterRunStatus.CANCELED,
     dg.DagsterRunStatus.CANCELING,
 }
+
+
+class PipesHostFilesMessageReader(dg.PipesMessageReader):
+    """Reads the Pipes message files of every host of a local job, one writer per host.
+
+    Like ``dg.PipesTempFileMessageReader`` (one temporary file, tailed), but a job on several
+    hosts gets one file per host, where each host's script derives it from the one path all
+    hosts are given (``<path>.<host>``); the session waits for every host's ``closed``.
+    """
+
+    def __init__(self, instance_count: int = 1):
+        self.hosts = host_names(max(1, instance_count))
+
+    @property
+    def expected_writer_count(self) -> int:
+        return len(self.hosts)
+
+    @contextmanager
+    def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
+        with tempfile.TemporaryDirectory() as tempdir, ExitStack() as readers:
+            path = os.path.join(tempdir, "messages")
+            for host in self.hosts:
+                own = host_message_params({"path": path}, host, len(self.hosts))["path"]
+                readers.enter_context(dg.PipesFileMessageReader(own).read_messages(handler))
+            yield {PipesDefaultMessageWriter.FILE_PATH_KEY: path}
+
+    def no_messages_debug_text(self) -> str:
+        return f"Attempted to read messages from {len(self.hosts)} local temporary file(s)."
 
 
 class LocalJobLauncher(JobLauncher):
@@ -120,7 +161,7 @@ class LocalJobLauncher(JobLauncher):
         with dg.open_pipes_session(
             context=context,
             context_injector=dg.PipesTempFileContextInjector(),
-            message_reader=dg.PipesTempFileMessageReader(),
+            message_reader=PipesHostFilesMessageReader(instance_count(request)),
             extras=dict(extras or {}),
         ) as session:
             run = sandbox.run_processing if job_type == "processing" else sandbox.run_training
@@ -194,4 +235,5 @@ def _completed(
         input_uris=result.inputs,
         output_uris=result.outputs,
         invocation=invocation,
+        instance_count=result.instance_count,
     )

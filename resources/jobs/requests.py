@@ -241,3 +241,11 @@ def output_data_uri(request: Mapping[str, Any]) -> str:
     """Where SageMaker puts a training job's output.tar.gz (SM_OUTPUT_DATA_DIR)."""
     base = request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
     return f"{base}/{request['TrainingJobName']}/output/output.tar.gz"
+
+
+def instance_count(request: Mapping[str, Any]) -> int:
+    """How many instances a CreateProcessingJob / CreateTrainingJob body asks for."""
+    cluster = request.get("ProcessingResources", {}).get("ClusterConfig") or request.get(
+        "ResourceConfig", {}
+    )
+    return int(cluster.get("InstanceCount", 1))

@@ -35,11 +35,12 @@ Pipes files live under ``<pipes_prefix>/<key>/`` (``key``: 16 random hex charact
 session): ``context.json``, deleted when the session ends, and the job's message chunks under
 ``messages/``. The key is short on purpose: SageMaker caps an Environment value at 256 characters
 for processing jobs (512 for training), and the encoded context names its bucket and key. A job
-with several instances would write each instance's chunks under ``messages/<host>/``
-(``algo-1``, ``algo-2``, ...; ``current_host`` in ``/opt/ml/config/resourceconfig.json``), which
-cannot collide with each other nor with a single instance's ``messages/<n>.json``; the reader
-here reads only the direct children of its prefix. Multi-instance jobs are not implemented: the
-job runtime writes at ``messages/`` itself.
+on several instances (``algo-1`` … ``algo-N``) is given that one place, as SageMaker gives every
+instance the same environment; each instance writes its chunks under ``messages/<host>/``
+(``forecast_core.runtime.host_message_params``), which cannot collide with each other nor with
+a single instance's ``messages/<n>.json``. The reader then reads each host's chunks in order and
+the session waits for a ``closed`` from every host. The job's log streams, one per instance,
+are merged by time.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ from dagster._core.pipes.client import PipesContextInjector, PipesParams
 from dagster._core.pipes.utils import PipesThreadedMessageReader
 from dagster_pipes import PipesContextData, decode_param
 
+from forecast_core.runtime import host_message_params, host_names
 from resources.jobs.base import CompletedJob, JobFailedError, JobLauncher, failure_detail
+from resources.jobs.requests import instance_count
 from resources.jobs.settings import JobName, JobSettings
 from resources.jobs.validation import validate_request
 
@@ -257,31 +260,45 @@ class _S3ContextInjector(PipesContextInjector):
 
 
 class _PipesS3ChunkReader(PipesThreadedMessageReader):
-    """Reads the message chunks a job writes under one key prefix (``<prefix>/<n>.json``).
+    """Reads the message chunks a job writes under one key prefix (``<prefix>/<n>.json``), or,
+    for a job on several instances, under each host's (``<prefix>/<host>/<n>.json``).
 
     Each read lists the prefix and reads every chunk not read yet, in order, so a reattached job's
     whole backlog arrives in one pass. dagster-aws's ``PipesS3MessageReader`` reads one chunk per
     second and stops 10 s after the session closes: about 11 chunks of a finished job. Only
     chunks that the listing shows are read, so a 403 is an error, never taken for "no more".
+    Each host is one writer: the session waits until every host has sent ``closed``.
     """
 
-    def __init__(self, *, bucket: str, client: Any, key_prefix: str, interval: float):
+    def __init__(
+        self, *, bucket: str, client: Any, key_prefix: str, interval: float, instances: int = 1
+    ):
         super().__init__(interval=interval)
         self.bucket, self.client = bucket, client
         self._lock = threading.Lock()
         self._key_prefix = key_prefix.rstrip("/")
-        self._next_chunk = 1
+        self.hosts = host_names(max(1, instances))
+        self._next_chunk = dict.fromkeys(self.hosts, 1)
         self._last_check = float("-inf")
+
+    @property
+    def expected_writer_count(self) -> int:
+        return len(self.hosts)
 
     @property
     def key_prefix(self) -> str:
         with self._lock:
             return self._key_prefix
 
+    def host_prefix(self, host: str) -> str:
+        """Where ``host`` writes its chunks (the job's own prefix for a single instance)."""
+        params = host_message_params({"key_prefix": self.key_prefix}, host, len(self.hosts))
+        return str(params["key_prefix"]).rstrip("/")
+
     def retarget(self, key_prefix: str) -> None:
         """Read from where an existing job was told to write (before any chunk was read)."""
         with self._lock:
-            if self._next_chunk != 1:
+            if any(n != 1 for n in self._next_chunk.values()):
                 raise dg.DagsterInvariantViolationError("retarget after messages were read")
             self._key_prefix = key_prefix.rstrip("/")
             self._last_check = float("-inf")
@@ -290,9 +307,9 @@ class _PipesS3ChunkReader(PipesThreadedMessageReader):
     def get_params(self) -> Iterator[PipesParams]:
         yield {"bucket": self.bucket, "key_prefix": self.key_prefix}
 
-    def _chunks(self) -> list[int]:
-        """Indices of the chunks under the prefix (its direct children only), sorted."""
-        prefix = self.key_prefix + "/"
+    def _chunks(self, prefix: str) -> list[int]:
+        """Indices of the chunks under ``prefix`` (its direct children only), sorted."""
+        prefix = prefix + "/"
         found = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
@@ -308,24 +325,27 @@ class _PipesS3ChunkReader(PipesThreadedMessageReader):
         if now - self._last_check < min(self.interval, 2.0):
             return False
         self._last_check = now
-        return bool(self._chunks())
+        return any(self._chunks(self.host_prefix(host)) for host in self.hosts)
 
     def download_messages(self, cursor: Any, params: PipesParams) -> tuple[Any, str] | None:
         texts = []
-        for index in self._chunks():
-            if index < self._next_chunk:
-                continue
-            if index != self._next_chunk:
-                break  # a gap: keep the order, read the rest next time
-            key = f"{self.key_prefix}/{index}.json"
-            texts.append(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-            self._next_chunk += 1
+        for host in self.hosts:
+            prefix = self.host_prefix(host)
+            for index in self._chunks(prefix):
+                if index < self._next_chunk[host]:
+                    continue
+                if index != self._next_chunk[host]:
+                    break  # a gap: keep the order, read the rest next time
+                key = f"{prefix}/{index}.json"
+                texts.append(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+                self._next_chunk[host] += 1
         if not texts:
             return None
-        return self._next_chunk, "\n".join(t.decode("utf-8") for t in texts)
+        return dict(self._next_chunk), "\n".join(t.decode("utf-8") for t in texts)
 
     def no_messages_debug_text(self) -> str:
-        return f"Read Pipes message chunks from s3://{self.bucket}/{self.key_prefix}/."
+        where = "" if len(self.hosts) == 1 else f" (one folder per host, {len(self.hosts)} hosts)"
+        return f"Read Pipes message chunks from s3://{self.bucket}/{self.key_prefix}/{where}."
 
 
 def next_attempt_name(name: str, attempt: int) -> str:
@@ -404,6 +424,7 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
             client=self.s3,
             key_prefix=f"{location}/messages",
             interval=self.message_interval_seconds,
+            instances=instance_count(request),
         )
         with dg.open_pipes_session(
             context=context,
@@ -456,15 +477,6 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
         those messages would break the day one changes; a refused create cannot be misread.
         """
         base = request[api.name_field]
-        cluster = request.get("ProcessingResources", {}).get("ClusterConfig") or request.get(
-            "ResourceConfig", {}
-        )
-        if int(cluster.get("InstanceCount", 1)) > 1:
-            context.log.warning(
-                f"[pipes] {api.job_type} job {base} runs on {cluster['InstanceCount']} instances: "
-                "they all write Pipes messages to one place (per-host message folders are not "
-                "implemented), so what they report may be incomplete"
-            )
         for attempt in range(1, MAX_ATTEMPTS + 1):
             name = base if attempt == 1 else next_attempt_name(base, attempt)
             body = self._final_body(context, api, request, name, owner, session)
@@ -866,6 +878,7 @@ def _completed(
             for o in d.get("ProcessingOutputConfig", {}).get("Outputs", [])
         }
         instance_type = cluster["InstanceType"]
+        instances = int(cluster["InstanceCount"])
         name, arn = d["ProcessingJobName"], d.get("ProcessingJobArn", "")
     else:
         started = d.get("TrainingStartTime") or d.get("CreationTime") or now
@@ -881,6 +894,7 @@ def _completed(
             "output": model.rsplit("/", 1)[0] + "/output.tar.gz" if model else "",
         }
         instance_type = d["ResourceConfig"]["InstanceType"]
+        instances = int(d["ResourceConfig"].get("InstanceCount", 1))
         name, arn = d["TrainingJobName"], d.get("TrainingJobArn", "")
     console = invocation.metadata.get("console_url") if invocation.metadata else None
     return CompletedJob(
@@ -896,4 +910,5 @@ def _completed(
         output_uris=outputs,
         console_url=console.value if isinstance(console, dg.UrlMetadataValue) else None,
         invocation=invocation,
+        instance_count=instances,
     )

@@ -18,6 +18,16 @@ uploading. Each job directory keeps ``request.json`` (the request, written when 
 ``job.log`` and, once the job has ended, ``describe.json``; ``resources.jobs.cleanup`` prunes
 the rest by those.
 
+A job with ``InstanceCount`` N > 1 runs as N processes at once, one per host
+(``algo-1`` … ``algo-N``), each in its own ``<job dir>/<host>/opt/ml`` with every input staged
+(``FullyReplicated``), its own ``resourceconfig.json`` (``current_host``) and ``SM_CURRENT_HOST``
+/ ``SM_HOSTS``, its own log (``<job dir>/<host>/job.log``; ``<job dir>/job.log`` has every
+host's lines, each prefixed with its host). A processing host uploads its outputs to the
+request's output URIs when it succeeds; a training job packs every host's ``/opt/ml/model`` into
+its one ``model.tar.gz`` once all have succeeded. The time limit and a stop apply to every host;
+the job is Failed if any host fails, with that host's reason. A single instance keeps the layout
+above.
+
 This module knows nothing of Dagster: :class:`~resources.jobs.local.LocalJobLauncher` runs it
 inside a Pipes session, and the tests' fake SageMaker runs it behind a boto3-shaped API.
 """
@@ -35,11 +45,12 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from forecast_core.runtime import host_names
 from resources.storage import ObjectStore, join_uri
 
 OPT_ML = "/opt/ml"
@@ -79,11 +90,16 @@ class SandboxResult:
     outputs: dict[str, str]
     job_dir: Path
     instance_type: str
+    instance_count: int = 1
+    exit_message: str | None = None
+    """Processing: what the reported host's script wrote to /opt/ml/output/message (ExitMessage)."""
+    host_status: dict[str, str] = field(default_factory=dict)
+    """Each host's own status, on several instances."""
 
     def describe(self) -> dict[str, Any]:
         """The fields DescribeProcessingJob / DescribeTrainingJob would show."""
         kind = "Processing" if self.job_type == "processing" else "Training"
-        return {
+        out = {
             f"{kind}JobName": self.name,
             f"{kind}JobStatus": self.status,
             "FailureReason": self.failure_reason,
@@ -91,12 +107,46 @@ class SandboxResult:
             "EndTime": self.ended_at.isoformat(),
             "Inputs": self.inputs,
             "Outputs": self.outputs,
+            "InstanceCount": self.instance_count,
         }
+        if self.host_status:
+            out["Hosts"] = self.host_status
+        return out
+
+
+@dataclass
+class _HostOutcome:
+    host: str
+    status: JobStatus
+    reason: str | None
+    exit_message: str | None = None
 
 
 LogSink = Callable[[str], None]
 # Asked while the job runs: falsy to go on; True (or a reason, as text) to stop the job.
 StopFlag = Callable[[], bool | str | None]
+# Gives each host of a multi-instance job its log sink (the fake SageMaker: one log stream each).
+HostLogs = Callable[[str], LogSink]
+
+
+class _SharedStop:
+    """One stop flag for every host of a job: once asked to stop (or aborted), all stop."""
+
+    def __init__(self, flag: StopFlag | None):
+        self._flag = flag
+        self._lock = threading.Lock()
+        self._reason: bool | str | None = None
+
+    def __call__(self) -> bool | str | None:
+        with self._lock:
+            if not self._reason and self._flag is not None:
+                self._reason = self._flag()
+            return self._reason
+
+    def abort(self, reason: str) -> None:
+        with self._lock:
+            if not self._reason:
+                self._reason = reason
 
 
 class JobSandbox:
@@ -116,16 +166,68 @@ class JobSandbox:
         extra_env: Mapping[str, str] | None = None,
         log: LogSink = print,
         stop_requested: StopFlag | None = None,
+        host_logs: HostLogs | None = None,
     ) -> SandboxResult:
+        """Run a CreateProcessingJob body: one process per instance (see the module doc).
+
+        ``host_logs`` gives each host of a multi-instance job its own log sink; by default each
+        host's lines go to ``log`` prefixed with ``[<host>]``.
+        """
         name = request["ProcessingJobName"]
-        job_dir, root = self._job_dir(name, request)
+        cluster = request["ProcessingResources"]["ClusterConfig"]
+        hosts = host_names(int(cluster.get("InstanceCount", 1)))
+        job_dir = self._job_dir(name, request)
         started = datetime.now(UTC)
         inputs = {
             i["InputName"]: i["S3Input"]["S3Uri"] for i in request.get("ProcessingInputs", [])
         }
         output_specs = request.get("ProcessingOutputConfig", {}).get("Outputs", [])
         outputs = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in output_specs}
+
+        def one(host: str, host_dir: Path, sink: LogSink, stop: StopFlag | None) -> _HostOutcome:
+            return self._processing_host(request, host, hosts, host_dir, extra_env, sink, stop)
+
+        outcome, host_status = self._run_hosts(
+            name, hosts, job_dir, one, log, stop_requested, host_logs
+        )
+        reason = with_advice(outcome.reason, name, _volume_gb(request, "ProcessingResources"))
+        return self._finish(
+            "processing",
+            name,
+            job_dir,
+            started,
+            outcome.status,
+            reason,
+            inputs,
+            outputs,
+            cluster["InstanceType"],
+            instance_count=len(hosts),
+            exit_message=outcome.exit_message,
+            host_status=host_status,
+        )
+
+    def _processing_host(
+        self,
+        request: Mapping[str, Any],
+        host: str,
+        hosts: Sequence[str],
+        host_dir: Path,
+        extra_env: Mapping[str, str] | None,
+        log: LogSink,
+        stop_requested: StopFlag | None,
+    ) -> _HostOutcome:
+        """One instance of a processing job: stage, run, upload its outputs if it succeeded."""
+        name = request["ProcessingJobName"]
+        root = host_dir / "opt" / "ml"
+        output_specs = request.get("ProcessingOutputConfig", {}).get("Outputs", [])
         try:
+            with on_full_disk(f"preparing {root}"):
+                root.mkdir(parents=True, exist_ok=True)
+                (root / "config").mkdir(parents=True, exist_ok=True)
+                # As SageMaker Processing tells a container which host it is.
+                (root / "config" / "resourceconfig.json").write_text(
+                    json.dumps({"current_host": host, "hosts": list(hosts)}, indent=2)
+                )
             for spec in request.get("ProcessingInputs", []):
                 s3 = spec["S3Input"]
                 target = map_path(s3["LocalPath"], root)
@@ -144,14 +246,21 @@ class JobSandbox:
                 raise JobSetupError(f"processing job {name} has no ContainerEntrypoint")
             env = self._environment(
                 request.get("Environment", {}),
-                {**(extra_env or {}), "SM_OUTPUT_DIR": str(root / "output")},
+                {
+                    **(extra_env or {}),
+                    "SM_OUTPUT_DIR": str(root / "output"),
+                    # The script reads resourceconfig.json's /opt/ml path on SageMaker; here the
+                    # same facts come as the training toolkit's variables.
+                    "SM_CURRENT_HOST": host,
+                    "SM_HOSTS": json.dumps(list(hosts)),
+                },
             )
-            with on_full_disk(f"writing the job's log {job_dir / LOG_FILE}"):
+            with on_full_disk(f"writing the job's log {host_dir / LOG_FILE}"):
                 status, reason = execute(
                     name,
                     command,
                     env,
-                    job_dir,
+                    host_dir,
                     request["StoppingCondition"]["MaxRuntimeInSeconds"],
                     log,
                     stop_requested,
@@ -165,21 +274,90 @@ class JobSandbox:
                     ):
                         self.store.upload_directory(local, s3["S3Uri"])
             elif reason is None:
-                reason = failure_reason(root / "output" / "message", job_dir)
+                reason = failure_reason(root / "output" / "message", host_dir)
         except DiskFullError as exc:
             status, reason = "Failed", str(exc)
-        reason = with_advice(reason, name, _volume_gb(request, "ProcessingResources"))
-        return self._finish(
-            "processing",
-            name,
-            job_dir,
-            started,
-            status,
-            reason,
-            inputs,
-            outputs,
-            request["ProcessingResources"]["ClusterConfig"]["InstanceType"],
-        )
+        message = root / "output" / "message"
+        exit_message = message.read_text(errors="replace")[:1024] if message.exists() else None
+        return _HostOutcome(host, status, reason, exit_message)
+
+    def _run_hosts(
+        self,
+        name: str,
+        hosts: Sequence[str],
+        job_dir: Path,
+        one: Callable[[str, Path, LogSink, StopFlag | None], _HostOutcome],
+        log: LogSink,
+        stop_requested: StopFlag | None,
+        host_logs: HostLogs | None,
+    ) -> tuple[_HostOutcome, dict[str, str]]:
+        """Run ``one`` for each host: a single host in this thread and ``job_dir`` as before;
+        several at once, each in ``job_dir/<host>``. Returns the job's outcome (that of a host
+        that was stopped, else failed, else the first) and each host's status."""
+        if len(hosts) == 1:
+            return one(hosts[0], job_dir, log, stop_requested), {}
+        stop = _SharedStop(stop_requested)
+        lock = threading.Lock()
+        outcomes: dict[str, _HostOutcome] = {}
+        errors: list[BaseException] = []
+        combined = (job_dir / LOG_FILE).open("w")
+
+        def sink_for(host: str) -> LogSink:
+            own = host_logs(host) if host_logs is not None else None
+
+            def sink(line: str) -> None:
+                with lock:
+                    with contextlib.suppress(OSError):  # a full disk: the host's own log says
+                        combined.write(f"[{host}] {line}\n")
+                        combined.flush()
+                    if own is not None:
+                        own(line)
+                    else:
+                        log(f"[{host}] {line}")
+
+            return sink
+
+        def run(host: str) -> None:
+            try:
+                outcomes[host] = one(host, job_dir / host, sink_for(host), stop)
+            except BaseException as exc:  # the log raised (an interrupted run), a bug, ...
+                errors.append(exc)
+                stop.abort(f"host {host} of job {name} raised {type(exc).__name__}: {exc}")
+
+        threads = [
+            threading.Thread(target=run, args=(host,), name=f"{name}-{host}", daemon=True)
+            for host in hosts
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=_POLL_SECONDS)
+        except BaseException as exc:
+            # Interrupted here (the main thread): stop every host before going on.
+            stop.abort(f"job {name} interrupted ({type(exc).__name__})")
+            for thread in threads:
+                thread.join()
+            raise
+        finally:
+            combined.close()
+        if errors:
+            raise errors[0]
+        ordered = [outcomes[h] for h in hosts]
+        host_status: dict[str, str] = {o.host: o.status for o in ordered}
+        for wanted in ("Stopped", "Failed"):
+            ended = [o for o in ordered if o.status == wanted]
+            if ended:
+                first = ended[0]
+                reason = first.reason or "no reason given"
+                if wanted == "Failed" and first.host not in reason:
+                    reason = f"{first.host}: {reason}"
+                others = [o.host for o in ordered if o.status != "Completed" and o is not first]
+                if others and wanted == "Failed":
+                    reason += f" (also failed: {', '.join(others)})"
+                return _HostOutcome(first.host, wanted, reason, first.exit_message), host_status
+        return ordered[0], host_status
 
     # Training --------------------------------------------------------------------------------
 
@@ -190,7 +368,14 @@ class JobSandbox:
         extra_env: Mapping[str, str] | None = None,
         log: LogSink = print,
         stop_requested: StopFlag | None = None,
+        host_logs: HostLogs | None = None,
     ) -> SandboxResult:
+        """Run a CreateTrainingJob body in script mode: one process per instance, like a
+        processing job (see the module doc). When every host has succeeded, their
+        ``/opt/ml/model`` folders are packed together into the one ``model.tar.gz`` and their
+        ``/opt/ml/output/data`` into ``output.tar.gz``, as SageMaker aggregates them; a file two
+        hosts both wrote fails the job (SageMaker asks hosts not to clash and does not say which
+        copy it keeps)."""
         name = request["TrainingJobName"]
         hps: dict[str, str] = dict(request.get("HyperParameters", {}))
         try:
@@ -200,19 +385,87 @@ class JobSandbox:
             raise JobSetupError(
                 f"training job {name}: running locally needs script mode (hyperparameter {exc})"
             ) from exc
-        job_dir, root = self._job_dir(name, request)
+        hosts = host_names(int(request["ResourceConfig"].get("InstanceCount", 1)))
+        job_dir = self._job_dir(name, request)
         started = datetime.now(UTC)
         channels = {
             c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
             for c in request.get("InputDataConfig", [])
         }
-        config_dir = root / "input" / "config"
-        code_dir = root / "code"
         output_path = request["OutputDataConfig"]["S3OutputPath"]
         outputs = {
             "model": join_uri(output_path, name, "output", "model.tar.gz"),
             "output": join_uri(output_path, name, "output", "output.tar.gz"),
         }
+
+        def host_dir(host: str) -> Path:
+            return job_dir if len(hosts) == 1 else job_dir / host
+
+        def one(host: str, folder: Path, sink: LogSink, stop: StopFlag | None) -> _HostOutcome:
+            return self._training_host(
+                request,
+                program,
+                source_uri,
+                hps,
+                channels,
+                host,
+                hosts,
+                folder,
+                extra_env,
+                sink,
+                stop,
+            )
+
+        outcome, host_status = self._run_hosts(
+            name, hosts, job_dir, one, log, stop_requested, host_logs
+        )
+        status, reason = outcome.status, outcome.reason
+        if status == "Completed":
+            try:
+                for sub, key in (("model", "model"), ("output/data", "output")):
+                    folders = [host_dir(h) / "opt" / "ml" / sub for h in hosts]
+                    scratch = job_dir / f"{key}.tar.gz"
+                    what = folders[0] if len(hosts) == 1 else f"/opt/ml/{sub} of {len(hosts)} hosts"
+                    with on_full_disk(f"packing {what} into {scratch} for {outputs[key]}"):
+                        upload_tar(self.store, folders, outputs[key], scratch)
+            except DiskFullError as exc:
+                status, reason = "Failed", str(exc)
+            except HostsClashError as exc:
+                status, reason = "Failed", f"ClientError: {exc}"
+        reason = with_advice(reason, name, _volume_gb(request, "ResourceConfig"))
+        return self._finish(
+            "training",
+            name,
+            job_dir,
+            started,
+            status,
+            reason,
+            channels,
+            outputs,
+            request["ResourceConfig"]["InstanceType"],
+            instance_count=len(hosts),
+            host_status=host_status,
+        )
+
+    def _training_host(
+        self,
+        request: Mapping[str, Any],
+        program: str,
+        source_uri: str,
+        hps: Mapping[str, str],
+        channels: Mapping[str, str],
+        host: str,
+        hosts: Sequence[str],
+        host_dir: Path,
+        extra_env: Mapping[str, str] | None,
+        log: LogSink,
+        stop_requested: StopFlag | None,
+    ) -> _HostOutcome:
+        """One instance of a training job: stage every channel and the code, run the script."""
+        name = request["TrainingJobName"]
+        root = host_dir / "opt" / "ml"
+        config_dir = root / "input" / "config"
+        code_dir = root / "code"
         try:
             for channel in request.get("InputDataConfig", []):
                 source = channel["DataSource"]["S3DataSource"]
@@ -220,16 +473,17 @@ class JobSandbox:
                 with on_full_disk(f"staging channel '{channel['ChannelName']}' to {target}"):
                     self._stage(source["S3Uri"], source["S3DataType"], target)
             with on_full_disk(f"staging the code to {code_dir}"):
+                root.mkdir(parents=True, exist_ok=True)
                 config_dir.mkdir(parents=True, exist_ok=True)
                 (config_dir / "hyperparameters.json").write_text(json.dumps(hps, indent=2))
                 (config_dir / "inputdataconfig.json").write_text(
                     json.dumps({c: {"TrainingInputMode": "File"} for c in channels}, indent=2)
                 )
                 (config_dir / "resourceconfig.json").write_text(
-                    json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}, indent=2)
+                    json.dumps({"current_host": host, "hosts": list(hosts)}, indent=2)
                 )
                 code_dir.mkdir(parents=True)
-                archive = job_dir / "sourcedir.tar.gz"
+                archive = host_dir / "sourcedir.tar.gz"
                 self.store.download_file(source_uri, archive)
                 with tarfile.open(archive) as tar:
                     tar.extractall(code_dir, filter="data")
@@ -242,35 +496,18 @@ class JobSandbox:
                 source_uri,
                 hps,
                 channels,
-                job_dir,
+                host,
+                hosts,
+                host_dir,
                 extra_env,
                 log,
                 stop_requested,
             )
-            if status == "Completed":
-                for folder, key in (
-                    (root / "model", "model"),
-                    (root / "output" / "data", "output"),
-                ):
-                    scratch = job_dir / f"{key}.tar.gz"
-                    with on_full_disk(f"packing {folder} into {scratch} for {outputs[key]}"):
-                        upload_tar(self.store, folder, outputs[key], scratch)
-            elif reason is None:
-                reason = failure_reason(root / "output" / "failure", job_dir)
+            if status != "Completed" and reason is None:
+                reason = failure_reason(root / "output" / "failure", host_dir)
         except DiskFullError as exc:
             status, reason = "Failed", str(exc)
-        reason = with_advice(reason, name, _volume_gb(request, "ResourceConfig"))
-        return self._finish(
-            "training",
-            name,
-            job_dir,
-            started,
-            status,
-            reason,
-            channels,
-            outputs,
-            request["ResourceConfig"]["InstanceType"],
-        )
+        return _HostOutcome(host, status, reason)
 
     def _train(
         self,
@@ -280,12 +517,14 @@ class JobSandbox:
         source_uri: str,
         hps: Mapping[str, str],
         channels: Mapping[str, str],
+        host: str,
+        hosts: Sequence[str],
         job_dir: Path,
         extra_env: Mapping[str, str] | None,
         log: LogSink,
         stop_requested: StopFlag | None,
     ) -> tuple[JobStatus, str | None]:
-        """Run the training script with the training toolkit's environment."""
+        """Run the training script with the training toolkit's environment, as ``host``."""
         root = job_dir / "opt" / "ml"
         config_dir = root / "input" / "config"
         code_dir = root / "code"
@@ -301,8 +540,8 @@ class JobSandbox:
             ),
             "SM_USER_ENTRY_POINT": program,
             "SM_MODULE_DIR": source_uri,
-            "SM_CURRENT_HOST": "algo-1",
-            "SM_HOSTS": json.dumps(["algo-1"]),
+            "SM_CURRENT_HOST": host,
+            "SM_HOSTS": json.dumps(list(hosts)),
             "SM_NUM_CPUS": str(os.cpu_count() or 1),
             **{f"SM_CHANNEL_{c.upper()}": str(root / "input" / "data" / c) for c in channels},
         }
@@ -322,14 +561,13 @@ class JobSandbox:
 
     # Shared ----------------------------------------------------------------------------------
 
-    def _job_dir(self, name: str, request: Mapping[str, Any]) -> tuple[Path, Path]:
+    def _job_dir(self, name: str, request: Mapping[str, Any]) -> Path:
         job_dir = self.jobs_root / name
         if job_dir.exists():
             shutil.rmtree(job_dir)  # a rerun of the same job name starts from a clean container
-        root = job_dir / "opt" / "ml"
         try:
             with on_full_disk(f"creating {job_dir}"):
-                root.mkdir(parents=True)
+                job_dir.mkdir(parents=True)
                 # What was asked, for diagnosis; its time limit also tells the pruning when a
                 # job without a describe.json (its launcher died) can no longer be running.
                 (job_dir / REQUEST_FILE).write_text(json.dumps(request, indent=2, default=str))
@@ -338,7 +576,7 @@ class JobSandbox:
                 request, "ResourceConfig"
             )
             raise JobSetupError(with_advice(str(exc), name, volume)) from exc
-        return job_dir, root
+        return job_dir
 
     def _stage(self, uri: str, data_type: str, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
@@ -372,6 +610,10 @@ class JobSandbox:
         inputs: dict[str, str],
         outputs: dict[str, str],
         instance_type: str,
+        *,
+        instance_count: int = 1,
+        exit_message: str | None = None,
+        host_status: dict[str, str] | None = None,
     ) -> SandboxResult:
         result = SandboxResult(
             job_type=job_type,
@@ -384,6 +626,9 @@ class JobSandbox:
             outputs=outputs,
             job_dir=job_dir,
             instance_type=instance_type,
+            instance_count=instance_count,
+            exit_message=exit_message,
+            host_status=dict(host_status or {}),
         )
         # On a full disk the result still goes back to the caller; only this record is lost.
         with contextlib.suppress(DiskFullError), on_full_disk(f"writing {DESCRIBE_FILE}"):
@@ -614,10 +859,29 @@ def stop_process(proc: subprocess.Popen) -> None:
         pass
 
 
-def upload_tar(store: ObjectStore, folder: Path, uri: str, scratch: Path) -> None:
-    """Pack a folder the way SageMaker packs /opt/ml/model into model.tar.gz, and upload it."""
-    with tarfile.open(scratch, "w:gz") as tar:
-        for path in sorted(folder.rglob("*")):
+class HostsClashError(ValueError):
+    """Two hosts of a job wrote the same file into a folder SageMaker packs into one archive."""
+
+
+def upload_tar(store: ObjectStore, folders: Path | Sequence[Path], uri: str, scratch: Path) -> None:
+    """Pack folders the way SageMaker packs /opt/ml/model into model.tar.gz, and upload it.
+
+    Several folders (one per host) go into one archive, as SageMaker aggregates the hosts'
+    folders; a relative path found in two of them raises :class:`HostsClashError`.
+    """
+    sources = [folders] if isinstance(folders, Path) else list(folders)
+    members: dict[str, Path] = {}
+    for folder in sources:
+        for path in sorted(folder.rglob("*")) if folder.exists() else []:
             if path.is_file():
-                tar.add(path, arcname=path.relative_to(folder).as_posix())
+                arcname = path.relative_to(folder).as_posix()
+                if arcname in members:
+                    raise HostsClashError(
+                        f"{arcname} was written by two hosts ({members[arcname]} and {path}): "
+                        "hosts of one training job must write different files"
+                    )
+                members[arcname] = path
+    with tarfile.open(scratch, "w:gz") as tar:
+        for arcname, path in sorted(members.items()):
+            tar.add(path, arcname=arcname)
     store.upload_file(scratch, uri)

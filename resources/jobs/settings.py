@@ -203,20 +203,24 @@ class JobSettings(dg.Config):
         return value
 
     def for_batch(self, customers: int, job: "JobName") -> "JobSettings":
-        """The settings for one job that processes ``customers`` customers one after another.
+        """The settings for one job that processes ``customers`` customers.
 
-        The time limits are per customer, so a batch gets that many times each, up to what
-        SageMaker accepts for the kind of job.
+        A job never asks for more instances than it has customers (one customer runs on one
+        instance, whatever ``instance_count`` says): its hosts split the customers, each taking
+        every n-th (``forecast_core.batch``). The time limits are per customer, so a job gets
+        that many times each as its busiest host has customers, up to what SageMaker accepts for
+        the kind of job.
         """
-        if customers <= 1:
+        instances = max(1, min(self.instance_count, customers))
+        per_host = -(-max(customers, 1) // instances)
+        update: dict[str, Any] = {"instance_count": instances}
+        if per_host > 1:
+            cap = MAX_RUNTIME_SECONDS["training" if job == "training" else "processing"]
+            update["max_runtime_seconds"] = min(self.max_runtime_seconds * per_host, cap)
+            update["spot_max_wait_seconds"] = min(self.spot_max_wait_seconds * per_host, cap)
+        if all(getattr(self, k) == v for k, v in update.items()):
             return self
-        cap = MAX_RUNTIME_SECONDS["training" if job == "training" else "processing"]
-        return self.model_copy(
-            update={
-                "max_runtime_seconds": min(self.max_runtime_seconds * customers, cap),
-                "spot_max_wait_seconds": min(self.spot_max_wait_seconds * customers, cap),
-            }
-        )
+        return self.model_copy(update=update)
 
 
 class PlatformSettings(dg.Config):

@@ -10,6 +10,13 @@ Customers are processed in that order, each by the same code as a one-customer j
 inputs and outputs in a folder named after it. One customer failing does not stop the others:
 its reason is reported and the job goes on; at the end the job fails with a summary of every
 failed customer, after the others' outputs have been written.
+
+A job on several instances (``InstanceCount`` > 1) gives every host the whole batch (inputs are
+``FullyReplicated``) and each host processes only its share (:func:`host_share`): customers
+dealt round-robin in batch order by the host's place among the hosts, so ``algo-1`` of 3 takes
+the 1st, 4th, 7th, … Each host writes only its customers' folders, so the hosts' outputs land
+side by side under the job's output URIs. A host whose customers fail exits 1, and SageMaker
+fails a job when any of its instances fails.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from forecast_core.runtime import JobFailed, Report
+from forecast_core import runtime
+from forecast_core.runtime import Cluster, JobFailed, Report
 
 BATCH_FILE = "batch.json"
+T = TypeVar("T")
 
 
 class BatchFileError(ValueError):
@@ -78,17 +87,40 @@ def _customer_id(path: Path, index: int, entry: Any) -> str:
     return customer
 
 
+def host_share(entries: Sequence[T], host: Cluster) -> list[T]:
+    """The entries ``host`` processes: every ``len(hosts)``-th, starting at its index.
+
+    Deterministic (the batch's order and the sorted hosts decide it), and every entry falls to
+    exactly one host. A host may get none when there are more hosts than entries.
+    """
+    return list(entries[host.index :: len(host.hosts)])
+
+
 def run_each(
     report: Report,
     entries: Sequence[Mapping[str, Any]],
     work: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    host: Cluster | None = None,
 ) -> None:
-    """Run ``work`` for each batch entry in order; it returns the customer's metadata to report.
+    """Run ``work`` for each batch entry of this host's share (:func:`host_share`; ``host``
+    defaults to :func:`forecast_core.runtime.cluster`) in order; it returns the customer's
+    metadata to report.
 
     A customer's ``Exception`` is logged and reported as that customer's failure, and the next
     customer starts. Afterwards, if any failed, raises :class:`BatchFailed`:
-    ``"<k> of <n> customers failed: <reason>; <reason>"``.
+    ``"<k> of <n> customers failed: <reason>; <reason>"`` (and which host, on several).
     """
+    host = host or runtime.cluster()
+    where = ""
+    if host.is_multi_host:
+        share = host_share(entries, host)
+        where = f" on host {host.current_host}"
+        names = ", ".join(str(e["customer_id"]) for e in share) or "none"
+        report.log(
+            f"host {host.current_host} ({host.index + 1} of {len(host.hosts)}) takes "
+            f"{len(share)} of the batch's {len(entries)} customers: {names}"
+        )
+        entries = share
     failures: list[str] = []
     for number, entry in enumerate(entries, start=1):
         customer = entry["customer_id"]
@@ -104,7 +136,7 @@ def run_each(
             report.materialization(metadata, customer=customer)
     if failures:
         raise BatchFailed(
-            f"{len(failures)} of {len(entries)} customers failed: " + "; ".join(failures)
+            f"{len(failures)} of {len(entries)} customers failed{where}: " + "; ".join(failures)
         )
 
 
