@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.forecast_data/dagster_home
 
-.PHONY: install instance demo ui backfill test check lint typecheck pytest postgres bench clean
+.PHONY: install instance demo ui backfill test check lint typecheck pytest postgres bench bench-real-load clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ postgres:
 ## bench: the measurements in benchmarks/README.md
 bench: install
 	$(PY) -m benchmarks.run
+
+## bench-real-load: published forecasts of real load against seasonal naive (about 20 min)
+bench-real-load: install
+	nice -n 10 $(PY) -m benchmarks.run --only real_load --output benchmarks/real_load_results.json $(BENCH_ARGS)
 
 clean:
 	rm -rf .forecast_data

@@ -13,6 +13,9 @@ graph_vs_scripts          the whole graph for one customer through Dagster (``fo
 preprocessing_throughput  preprocess.py alone on 5 years x 20 devices of 15-minute data
 accuracy                  model WAPE against the seasonal-naive baseline on the demo customers
                           and on the England & Wales half-hourly demand series (Taylor 2003)
+real_load                 (only with --only) the published 48 h forecast of real load (SimBench
+                          profiles, Taylor) through forecast_job at several origins, against
+                          seasonal naive on the same hours; see benchmarks/real_load.py
 
 Timings are wall-clock seconds on a shared machine: they are figures to compare within one run,
 never thresholds for a test.
@@ -55,7 +58,9 @@ DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results.json"
 DATA_END = pd.Timestamp("2025-11-03", tz="UTC")
 SEED = 0
 
-BENCHMARKS = ("generator", "graph_vs_scripts", "preprocessing_throughput", "accuracy")
+BENCHMARKS = ("generator", "graph_vs_scripts", "preprocessing_throughput", "accuracy", "real_load")
+# real_load takes about 19 minutes at its default size: it runs only when named in --only.
+DEFAULT_BENCHMARKS = BENCHMARKS[:-1]
 
 # Goals stated in the issue.
 GOAL_GRAPH_RATIO = 1.5
@@ -865,6 +870,15 @@ def bench_accuracy(work: Path, args: argparse.Namespace, cache: dict) -> dict[st
     }
 
 
+# Real load ------------------------------------------------------------------------------------
+
+
+def bench_real_load(work: Path, args: argparse.Namespace, cache: dict) -> dict[str, Any]:
+    from benchmarks.real_load import bench_real_load as run
+
+    return run(work, args, cache)
+
+
 # Main -----------------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict], dict[str, Any]]] = {
@@ -872,6 +886,7 @@ RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict], dict[str, Any]]] =
     "graph_vs_scripts": bench_graph_vs_scripts,
     "preprocessing_throughput": bench_preprocessing,
     "accuracy": bench_accuracy,
+    "real_load": bench_real_load,
 }
 
 
@@ -931,6 +946,10 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{t['baseline_wape_pct']:5.2f}% ratio {t['wape_ratio']:.3f} R² {t['model_r2']:.3f} "
             f"(goal <= {GOAL_WAPE_RATIO}: {'met' if t['meets_goal'] else 'NOT met'})"
         )
+    if "real_load" in b:
+        from benchmarks.real_load import summary_lines
+
+        out.extend(summary_lines(b["real_load"]))
     code = results["code_at_start"]
     out.append(
         f"code: {code['git_commit'][:12]}"
@@ -951,8 +970,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         nargs="+",
         choices=BENCHMARKS,
-        default=list(BENCHMARKS),
-        help="benchmarks to run (default: all)",
+        default=list(DEFAULT_BENCHMARKS),
+        help="benchmarks to run (default: all but real_load)",
     )
     parser.add_argument(
         "--graph-days", type=int, default=365, help="days of 15-minute data (graph_vs_scripts)"
@@ -977,6 +996,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=len(DEMO_CUSTOMERS),
         help="first N demo customers",
+    )
+    parser.add_argument(
+        "--real-customers",
+        type=int,
+        default=None,
+        help="real_load: the first N customers, every kind early in the order (default: all 13)",
+    )
+    parser.add_argument(
+        "--real-origins", type=int, default=6, help="real_load: forecast origins per customer"
     )
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)

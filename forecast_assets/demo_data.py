@@ -54,7 +54,7 @@ MAX_MISSING_RUN = 3
 _CUSTOMER_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 # Decimals written per vendor unit: W and Wh to 0.1, kWh to 0.0001.
-_DECIMALS = {"W": 1, "Wh": 1, "kWh": 4}
+VENDOR_DECIMALS = {"W": 1, "Wh": 1, "kWh": 4}
 
 # Tags that keep the random streams of different purposes apart.
 _TAG_PARAMS, _TAG_MONTH, _TAG_GAP, _TAG_CONFLICT, _TAG_WEATHER = 1, 2, 3, 4, 5
@@ -501,7 +501,7 @@ def demo_readings(
     r = _simulate(customer, end, days, interval_minutes, seed)
     return pd.DataFrame(
         {
-            "file": _file_names(r.utc)[r.t],
+            "file": monthly_file_names(r.utc)[r.t],
             "timestamp": r.utc[r.t],
             "device_id": np.asarray(r.device_ids, dtype=object)[r.device],
             "energy_kwh": r.energy_kwh,
@@ -518,48 +518,48 @@ def _zfill(values, width: int) -> np.ndarray:
     return np.strings.zfill(np.asarray(values).astype(str), width)
 
 
-def _cat(*parts) -> np.ndarray:
+def concat_text(*parts) -> np.ndarray:
     out = parts[0]
     for part in parts[1:]:
         out = np.strings.add(out, part)
     return out
 
 
-def _file_names(utc: pd.DatetimeIndex) -> np.ndarray:
+def monthly_file_names(utc: pd.DatetimeIndex) -> np.ndarray:
     """One file per UTC month, "YYYY-MM.csv": every file holds whole UTC days."""
-    return _cat(_zfill(utc.year, 4), "-", _zfill(utc.month, 2), ".csv").astype(object)
+    return concat_text(_zfill(utc.year, 4), "-", _zfill(utc.month, 2), ".csv").astype(object)
 
 
 def _iso(naive: pd.DatetimeIndex) -> np.ndarray:
-    return _cat(
+    return concat_text(
         _zfill(naive.year, 4), "-", _zfill(naive.month, 2), "-", _zfill(naive.day, 2), "T",
         _zfill(naive.hour, 2), ":", _zfill(naive.minute, 2), ":", _zfill(naive.second, 2),
     )  # fmt: skip
 
 
-def _timestamps(utc: pd.DatetimeIndex, vendor: str) -> np.ndarray:
+def vendor_timestamps(utc: pd.DatetimeIndex, vendor: str) -> np.ndarray:
     """The vendor's timestamp text for every time of the timeline."""
     utc_naive = utc.tz_convert("UTC").tz_localize(None)
     if vendor == "gridsense":
-        return _cat(_iso(utc_naive), "Z")
+        return concat_text(_iso(utc_naive), "Z")
     local = utc.tz_convert(TIMEZONE).tz_localize(None)
     if vendor == "kilowatch":
         offset = ((local - utc_naive) // pd.Timedelta(minutes=1)).to_numpy()
         sign = np.where(offset < 0, "-", "+")
         offset = np.abs(offset)
-        return _cat(_iso(local), sign, _zfill(offset // 60, 2), ":", _zfill(offset % 60, 2))
+        return concat_text(_iso(local), sign, _zfill(offset // 60, 2), ":", _zfill(offset % 60, 2))
     # enerlog: naive local time, "%d.%m.%Y %H:%M"
-    return _cat(
+    return concat_text(
         _zfill(local.day, 2), ".", _zfill(local.month, 2), ".", _zfill(local.year, 4), " ",
         _zfill(local.hour, 2), ":", _zfill(local.minute, 2),
     )  # fmt: skip
 
 
-def _numbers(values: np.ndarray, decimals: int, mark: str) -> np.ndarray:
+def decimal_text(values: np.ndarray, decimals: int, mark: str) -> np.ndarray:
     """Non-negative numbers as fixed-point text with the given decimal mark (round half even)."""
     scaled = np.rint(values * 10**decimals).astype(np.int64)
     whole, frac = np.divmod(scaled, 10**decimals)
-    return _cat(whole.astype(str), mark, _zfill(frac, decimals))
+    return concat_text(whole.astype(str), mark, _zfill(frac, decimals))
 
 
 def generate_customer_files(
@@ -588,16 +588,16 @@ def generate_customer_files(
         values = r.energy_kwh
     newline = "\r\n" if customer.vendor == "enerlog" else "\n"
     sep = vendor.separator
-    lines = _cat(
-        _timestamps(r.utc, customer.vendor)[r.t],
+    lines = concat_text(
+        vendor_timestamps(r.utc, customer.vendor)[r.t],
         sep,
         np.asarray(r.device_ids)[r.device],
         sep,
-        _numbers(values, _DECIMALS[vendor.unit], vendor.decimal),
+        decimal_text(values, VENDOR_DECIMALS[vendor.unit], vendor.decimal),
         newline,
     )
     header = sep.join(vendor.columns) + newline
-    names = _file_names(r.utc)[r.t]
+    names = monthly_file_names(r.utc)[r.t]
     bounds = np.flatnonzero(names[1:] != names[:-1]) + 1
     starts = np.concatenate([[0], bounds])
     stops = np.concatenate([bounds, [len(names)]])
