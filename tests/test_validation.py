@@ -90,12 +90,11 @@ def _worst_platform() -> PlatformSettings:
 
 
 def _settings(job: JobName, customers: int, instances: int = 3) -> JobSettings:
-    """The worst settings; training runs on one instance (more are refused, see
-    resources.jobs.settings.training_instance_count_problem)."""
+    """The worst settings."""
     settings = JobSettings(
         image_uri=IMAGE.format(job=job),
         instance_type="ml.m5.24xlarge",
-        instance_count=1 if job == "training" else instances,
+        instance_count=instances,
         volume_size_gb=16_384 if job != "training" else 30,
         max_runtime_seconds=86_400,
         spot_max_wait_seconds=172_800 if job == "training" else 0,
@@ -312,9 +311,8 @@ def test_worst_case_requests_are_valid(
 ):
     operation, body = _job_request(job, CUSTOMERS[:customers], _store(), instances=instances)
     cluster = body.get("ProcessingResources", {}).get("ClusterConfig") or body["ResourceConfig"]
-    # Never more instances than customers; training on one (more are refused).
-    expected = 1 if job == "training" else min(instances, customers)
-    assert cluster["InstanceCount"] == expected
+    # Never more instances than customers.
+    assert cluster["InstanceCount"] == min(instances, customers)
     tag_keys = {t["Key"] for t in body["Tags"]}
     assert len(tag_keys) == MAX_DEPLOYMENT_TAGS + 5  # every FORECAST_TAGS tag, and the step's
     # Many draws of the keys' random characters, as many launches would make.
