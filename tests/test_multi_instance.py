@@ -327,9 +327,7 @@ def test_a_batch_on_three_instances_through_the_fake_sagemaker(fake, s3_store):
     ]
     assert sorted(shown) == sorted(stamp)
     times = [stamp[m] for m in shown]
-    assert times == sorted(times)
-    hosts_in_order = [m.split()[0] for m in shown]
-    assert hosts_in_order != sorted(hosts_in_order)  # the hosts' lines interleave
+    assert times == sorted(times)  # (test_sagemaker_client covers lines that arrive late)
 
 
 def test_a_failing_customer_on_the_fake_sagemaker_fails_the_step_naming_it(fake, s3_store):

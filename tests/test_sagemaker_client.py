@@ -620,7 +620,7 @@ def test_log_lines_of_many_instances_arrive_in_time_order(aws_env):
     logs = boto3.client("logs")
     group = "/aws/sagemaker/TrainingJobs"
     logs.create_log_group(logGroupName=group)
-    base = int(time.time() * 1000)
+    base = int(time.time() * 1000) - 60_000  # all in the past: nothing is held back
     streams = [f"fa-train-many-0/algo-{i}-1700000000" for i in range(1, 61)]
     for i, stream in enumerate(streams):
         logs.create_log_stream(logGroupName=group, logStreamName=stream)
@@ -636,7 +636,7 @@ def test_log_lines_of_many_instances_arrive_in_time_order(aws_env):
         logStreamName="fa-train-many-01/algo-1-1",
         logEvents=[{"timestamp": base, "message": "another job"}],
     )
-    follower = _LogFollower(logs, group, "fa-train-many-0")
+    follower = _LogFollower(logs, group, "fa-train-many-0", hold_back_seconds=0)
     lines = follower.new_lines()
     assert len(lines) == 120 and "another job" not in lines
     stamps = [int(line.split()[1]) for line in lines]
@@ -649,6 +649,34 @@ def test_log_lines_of_many_instances_arrive_in_time_order(aws_env):
     )
     assert follower.new_lines() == ["late"]  # each line once
     assert follower.new_lines() == []
+
+
+def test_a_line_is_held_back_until_no_stream_can_still_show_an_earlier_one(aws_env):
+    """Instances log concurrently: algo-2's line at t+80 may become readable after algo-1's
+    t+100 was read. The follower shows a line only once every stream has passed it (or it is
+    older than the hold-back), and everything when the job has ended."""
+    logs = boto3.client("logs")
+    group = "/aws/sagemaker/ProcessingJobs"
+    logs.create_log_group(logGroupName=group)
+    one, two = "fa-prep-order-0/algo-1-1700000000", "fa-prep-order-0/algo-2-1700000000"
+    for stream in (one, two):
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    t = int(time.time() * 1000)
+
+    def put(stream: str, offset: int) -> None:
+        event = {"timestamp": t + offset, "message": f"{stream.split('/')[1][:6]} {offset}"}
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[event])
+
+    put(one, 0)
+    put(one, 100)
+    put(two, 50)
+    follower = _LogFollower(logs, group, "fa-prep-order-0", hold_back_seconds=600)
+    assert follower.new_lines() == ["algo-1 0", "algo-2 50"]  # algo-2 may still log before 100
+    put(two, 80)
+    assert follower.new_lines() == ["algo-2 80"]
+    put(two, 120)
+    assert follower.new_lines() == ["algo-1 100"]  # both streams are past 100 now
+    assert follower.new_lines(final=True) == ["algo-2 120"]
 
 
 # Names -------------------------------------------------------------------------------------------

@@ -657,7 +657,7 @@ class PipesSageMakerClient(dg.PipesClient, TreatAsResourceParam):
                         }
                     )
                 if status in TERMINAL:
-                    for line in logs.new_lines():
+                    for line in logs.new_lines(final=True):
                         context.log.info(f"[{name}] {line}")
                     return description
                 created = description.get("CreationTime") or created
@@ -740,11 +740,22 @@ def _partitions_of(context: Any) -> str:
 
 class _LogFollower:
     """New CloudWatch log lines of one job, across its streams (one per instance), each line
-    exactly once, merged by timestamp."""
+    exactly once, in time order.
 
-    def __init__(self, logs: Any, group: str, job_name: str):
+    Each stream is in time order, but one instance's line may become readable after a later
+    line of another was already shown (the instances log concurrently and CloudWatch takes a
+    moment to ingest). So a line is held back until no stream can still deliver an earlier one:
+    until every stream has shown a later line, or ``hold_back_seconds`` have passed since its
+    timestamp. When the job has ended (``final``), everything left is shown.
+    """
+
+    def __init__(self, logs: Any, group: str, job_name: str, hold_back_seconds: float = 10.0):
         self.logs, self.group, self.prefix = logs, group, f"{job_name}/"
         self.tokens: dict[str, str | None] = {}
+        self.hold_back_ms = int(hold_back_seconds * 1000)
+        self.latest: dict[str, int] = {}  # newest timestamp read from each stream
+        self.pending: list[tuple[int, int, str]] = []  # (timestamp, order read, message)
+        self._read = 0
 
     def _streams(self) -> list[str]:
         """The job's streams; DescribeLogStreams returns at most 50 a page."""
@@ -787,17 +798,29 @@ class _LogFollower:
             if not page.get("events") or next_token == token:
                 return True
 
-    def new_lines(self) -> list[str]:
-        per_stream: list[list[dict[str, Any]]] = []
-        for stream in sorted(self._streams()):
+    def new_lines(self, final: bool = False) -> list[str]:
+        """The lines that are now due, in time order (ties keep the streams' order)."""
+        streams = sorted(self._streams())
+        for stream in streams:
             events: list[dict[str, Any]] = []
             complete = self._new_events(stream, events)
-            per_stream.append(events)
+            for event in events:
+                stamp = int(event["timestamp"])
+                heapq.heappush(self.pending, (stamp, self._read, event["message"]))
+                self._read += 1
+                self.latest[stream] = max(self.latest.get(stream, stamp), stamp)
             if not complete:
-                break  # throttled: what was read so far is shown, the rest next poll
-        # Each stream is in time order; merge them (ties keep the streams' order).
-        merged = heapq.merge(*per_stream, key=lambda event: event["timestamp"])
-        return [event["message"] for event in merged]
+                break  # throttled: the rest next poll
+        if final:
+            due = None
+        else:
+            quiet = int(time.time() * 1000) - self.hold_back_ms
+            every_stream = min((self.latest.get(s, 0) for s in streams), default=0)
+            due = max(quiet, every_stream)
+        lines = []
+        while self.pending and (due is None or self.pending[0][0] <= due):
+            lines.append(heapq.heappop(self.pending)[2])
+        return lines
 
 
 class SageMakerJobLauncher(JobLauncher):
