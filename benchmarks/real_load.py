@@ -66,9 +66,9 @@ ISSUE_HOUR_UTC = 6
 HORIZON_HOURS = 48
 WEEK_HOURS = 168
 
-# Origins at 06:00 UTC, spread over seasons and weekdays. SimBench: mid-March (the first day
-# with the 63 days of history training needs at its defaults: 28 holdout + 21 training + 14
-# of lags) to December. Taylor: its last three weeks, the only ones with 63 days before them.
+# Origins at 06:00 UTC, spread over seasons and weekdays. SimBench: mid-March to December.
+# Taylor: its last three weeks. Chosen when training needed 63 days of history (28 holdout + 21
+# training + 14 of lags); it now needs 36, but the origins stay so that runs compare.
 SIMBENCH_ORIGINS = (
     "2016-03-16",  # Wednesday
     "2016-05-13",  # Friday

@@ -72,7 +72,7 @@ TAYLOR_TIMEZONE = "Europe/London"
 TAYLOR_VALUES = 4032
 TAYLOR_DEVICE = "england-wales"
 TAYLOR_HYPERPARAMETERS: dict[str, Any] = {
-    "holdout_days": 14,
+    "backtest_days": 14,
     "horizon_hours": 48,
     "timezone": TAYLOR_TIMEZONE,
     "holiday_country": "GB",
@@ -406,9 +406,10 @@ def accuracy_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "model_r2": model["r2"],
         "baseline_r2": baseline["r2"],
         "model_mape_pct": model["mape"],
-        "holdout_hours": metrics["holdout_hours"],
-        "holdout_start": metrics["holdout_start"],
-        "holdout_end": metrics["holdout_end"],
+        "model_kind": metrics["model_kind"],
+        "backtest_hours": metrics["backtest_hours"],
+        "backtest_first_origin": metrics["backtest_first_origin"],
+        "backtest_last_origin": metrics["backtest_last_origin"],
         "train_rows": metrics["train_rows"],
         "meets_goal": bool(metrics["wape_ratio"] <= GOAL_WAPE_RATIO),
     }

@@ -25,7 +25,7 @@ DEVICES = dg.AssetKey(["warehouse", "devices"])
 MODEL = dg.AssetKey(["models", "load_forecast_model"])
 FORECAST = dg.AssetKey(["forecasts", "load_forecast"])
 
-FAST_TRAINING = {"n_estimators": 20, "holdout_days": 14}
+FAST_TRAINING = {"n_estimators": 20, "backtest_days": 14}
 
 
 def materialize(instance, resources, customer, keys, run_config=None) -> dg.ExecuteInProcessResult:

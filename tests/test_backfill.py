@@ -227,7 +227,7 @@ def test_batched_run_launches_one_job_per_step_and_reports_each_customer(
         assert model["model_uri"].value == paths.model_artifact(
             store, customer, model["job_name"].value
         )
-        assert len(model["holdout"].value.records) >= 14
+        assert len(model["backtest"].value.records) >= 14
         assert "wape" in model and "r2" in model  # reported by the job through Pipes
         assert materialized["landing/raw_load"][customer]["files_version"].value
 

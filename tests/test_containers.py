@@ -31,7 +31,7 @@ OTHER = DEMO_CUSTOMERS[2]  # kilowatch, the second customer of a batch
 ISSUED_AT = "2025-11-03T06:00:00Z"
 
 
-TRAIN_HPS = {"n_estimators": 30, "holdout_days": 14, "horizon_hours": 48}
+TRAIN_HPS = {"n_estimators": 30, "backtest_days": 14, "horizon_hours": 48}
 
 
 def write_hyperparameters(config: Path, hps: dict[str, Any]) -> None:
@@ -208,10 +208,29 @@ def test_training_writes_sagemaker_model_layout_and_metrics(pipeline):
     metrics = json.loads((pipeline["model"] / "metrics.json").read_text())
     for block in ("model", "baseline_seasonal_naive"):
         assert set(metrics[block]) >= {"mae", "rmse", "mape", "wape", "r2"}
-    assert metrics["holdout_hours"] > 24 * 10
-    holdout = pd.read_csv(pipeline["train_output"] / "holdout.csv")
-    assert list(holdout.columns) == ["timestamp", "actual", "forecast", "baseline"]
-    assert len(holdout) == metrics["holdout_hours"]
+    assert set(metrics["candidates"]) == {
+        "forest",
+        "seasonal_naive_week",
+        "seasonal_naive_day",
+    }
+    assert metrics["model"] == metrics["candidates"][metrics["model_kind"]]
+    assert metrics["baseline_seasonal_naive"] == metrics["candidates"]["seasonal_naive_week"]
+    assert metrics["backtest_origins"] == 14  # TRAIN_HPS
+    assert metrics["backtest_hours"] > 24 * 10
+    backtest = pd.read_csv(pipeline["train_output"] / "backtest.csv")
+    assert list(backtest.columns) == [
+        "origin",
+        "timestamp",
+        "lead_steps",
+        "actual",
+        "forest",
+        "seasonal_naive_week",
+        "seasonal_naive_day",
+        "forecast",
+        "baseline",
+    ]
+    assert len(backtest) == metrics["backtest_hours"]
+    assert backtest["origin"].nunique() == 14
 
 
 def test_inference_forecasts_the_requested_horizon_after_the_last_reading(pipeline):
@@ -462,7 +481,7 @@ def test_batch_training_writes_each_customer_as_single_mode(pipeline, batch_pipe
             p.name for p in pipeline["model"].iterdir()
         )
         assert sorted(p.name for p in (data / customer).iterdir()) == [
-            "holdout.csv",
+            "backtest.csv",
             "metrics.json",
         ]
     # The forest sums its trees' predictions in parallel, in no fixed order: the last digits vary.
@@ -475,10 +494,17 @@ def test_batch_training_writes_each_customer_as_single_mode(pipeline, batch_pipe
         single_metrics = json.loads((single / "metrics.json").read_text())
         for block in ("model", "baseline_seasonal_naive", "wape_ratio"):
             assert batch_metrics.pop(block) == pytest.approx(single_metrics.pop(block))
+        batch_scores, single_scores = (
+            batch_metrics.pop("candidates"),
+            single_metrics.pop("candidates"),
+        )
+        assert batch_scores.keys() == single_scores.keys()
+        for name, scores in batch_scores.items():
+            assert scores == pytest.approx(single_scores[name])
         assert batch_metrics == single_metrics
     pd.testing.assert_frame_equal(
-        pd.read_csv(data / same / "holdout.csv"),
-        pd.read_csv(pipeline["train_output"] / "holdout.csv"),
+        pd.read_csv(data / same / "backtest.csv"),
+        pd.read_csv(pipeline["train_output"] / "backtest.csv"),
     )
     other = json.loads((model / OTHER.customer_id / "metrics.json").read_text())
     assert other["customer_id"] == OTHER.customer_id
@@ -522,7 +548,7 @@ def test_training_batch_goes_on_after_a_failed_customer(batch_pipeline, tmp_path
     proc, ml = train_batch(tmp_path, {good: load, bad: None})
     assert proc.returncode == 1
     assert (ml / "model" / good / "model.joblib").exists()
-    assert (ml / "output/data" / good / "holdout.csv").exists()
+    assert (ml / "output/data" / good / "backtest.csv").exists()
     assert not (ml / "model" / bad).exists()
     assert (ml / "output/failure").read_text() == (
         f"1 of 2 customers failed: customer '{bad}': training channel has no {bad}/load.parquet"
@@ -975,7 +1001,8 @@ def test_inference_clips_negatives_but_leaves_an_absurd_forecast_visible(
     predict = load_script("inference")
     spec = FeatureSpec.from_json((pipeline["model"] / "feature_spec.json").read_text())
     scales = json.loads((pipeline["model"] / "normalization.json").read_text())["scale_kwh"]
-    monkeypatch.setattr(predict, "load_model", lambda *_: (AbsurdModel(), spec, scales))
+    absurd = {"kind": "forest", "forests": {b: AbsurdModel() for b in spec.bucket_steps}}
+    monkeypatch.setattr(predict, "load_model", lambda *_: (absurd, spec, scales))
     predict.predict(
         CUSTOMER.customer_id,
         "v9",
@@ -992,3 +1019,37 @@ def test_inference_clips_negatives_but_leaves_an_absurd_forecast_visible(
     history = pd.read_parquet(pipeline["preprocessed"] / "load.parquet")
     problems = forecast_problems(forecast, history)
     assert "kWh is above 10 × the device's largest reading" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "days_back"), [("seasonal_naive_week", 7), ("seasonal_naive_day", 1)]
+)
+def test_inference_forecasts_a_naive_model_version_as_seasonal_naive(
+    pipeline, tmp_path, monkeypatch, kind, days_back
+):
+    """A version whose backtest chose seasonal naive forecasts as that naive: a week earlier, or
+    the last day before the forecast repeated."""
+    predict = load_script("inference")
+    spec = FeatureSpec.from_json((pipeline["model"] / "feature_spec.json").read_text())
+    scales = json.loads((pipeline["model"] / "normalization.json").read_text())["scale_kwh"]
+    naive = {"kind": kind, "forests": {}}
+    monkeypatch.setattr(predict, "load_model", lambda *_: (naive, spec, scales))
+    report = predict.predict(
+        CUSTOMER.customer_id,
+        "v7",
+        tmp_path / "model",
+        pipeline["preprocessed"],
+        tmp_path / "out",
+        48.0,
+        pd.Timestamp(ISSUED_AT),
+    )
+    assert (report["model_kind"], report["model_version"]) == (kind, "v7")
+    forecast = pd.read_parquet(tmp_path / "out" / "forecast.parquet")
+    history = pd.read_parquet(pipeline["preprocessed"] / "load.parquet")
+    assert len(forecast) == 48 * CUSTOMER.devices
+    last = history["timestamp"].max()
+    known = history.set_index(["device_id", "timestamp"])["energy_kwh"]
+    for row in forecast.sample(20, random_state=0).itertuples():
+        lead_days = -(-(row.timestamp - last) // pd.Timedelta(days=1))
+        back = pd.Timedelta(days=days_back * (lead_days if days_back == 1 else 1))
+        assert row.energy_kwh == pytest.approx(max(known[(row.device_id, row.timestamp - back)], 0))

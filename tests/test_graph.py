@@ -63,11 +63,11 @@ def test_forecast_job_for_several_customers_one_with_a_failing_model(instance, d
             "model_uri",
             "model_r2",
             "baseline_wape",
-            "holdout",
+            "backtest",
         ):
             assert key in meta, key
         assert meta["model_wape"].value < meta["baseline_wape"].value
-        assert len(meta["holdout"].value.records) >= 14
+        assert len(meta["backtest"].value.records) >= 14
         pre = model_meta["preprocessed/load"]
         assert pre["devices"].value == customer.devices
         assert pre["rows"].value > 70 * 24 * customer.devices

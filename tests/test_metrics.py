@@ -26,12 +26,27 @@ def test_regression_metrics_against_hand_computed_values():
     assert m["wape"] == pytest.approx(100 * 4 / 15)
     # mean 3.75; SS_tot = 1.75² + 3.75² + 1.25² + 4.25² = 36.75; SSE = 6
     assert m["r2"] == pytest.approx(1 - 6 / 36.75)
-    assert set(m) == {"mae", "rmse", "mape", "wape", "r2", "n"}
+    # bias: (+1 + 1 - 2 + 0) / 15: too high and too low cancel
+    assert m["bias_pct"] == pytest.approx(0.0)
+    assert set(m) == {"mae", "rmse", "mape", "wape", "bias_pct", "r2", "n"}
+
+
+def test_regression_metrics_bias_is_signed_share_of_actual_energy():
+    assert regression_metrics([10.0, 10.0], [12.0, 11.0])["bias_pct"] == pytest.approx(15.0)
+    assert regression_metrics([10.0, 10.0], [8.0, 10.0])["bias_pct"] == pytest.approx(-10.0)
 
 
 def test_regression_metrics_perfect_forecast():
     m = regression_metrics(pd.Series([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0]))
-    assert m == {"mae": 0.0, "rmse": 0.0, "mape": 0.0, "wape": 0.0, "r2": 1.0, "n": 3}
+    assert m == {
+        "mae": 0.0,
+        "rmse": 0.0,
+        "mape": 0.0,
+        "wape": 0.0,
+        "bias_pct": 0.0,
+        "r2": 1.0,
+        "n": 3,
+    }
 
 
 def test_regression_metrics_undefined_parts_are_nan():
@@ -185,3 +200,15 @@ def test_gate_result_fields():
         "summary",
         "wape_ratio",
     }
+
+
+@pytest.mark.parametrize("max_ratio", [0.5, 1.0, 1.2])
+def test_quality_gate_approves_seasonal_naive_chosen_as_the_model(max_ratio):
+    """A model that is seasonal naive week itself forecasts what the fallback would: approved
+    whatever the margin asked, so an older model the backtest did not choose stops forecasting."""
+    result = quality_gate(NAIVE, NAIVE, max_wape_ratio=max_ratio, min_r2=0.7, is_baseline=True)
+    assert result.passed is True
+    assert result.reasons == ()
+    assert result.wape_ratio == 1.0
+    assert "seasonal naive (same time last week) chosen, WAPE 23.6%" in result.summary
+    assert result.summary.endswith(": approved")

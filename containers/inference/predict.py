@@ -33,7 +33,11 @@ no model and whose model folder may be absent. The history is at
                    {"customer_id": "b", "model_version": null, "source": "seasonal_naive_fallback"}]}
 
 With a model, the horizon is ``--horizon-hours`` at the data's resolution. It may not exceed the
-horizon the model was trained for: its lags are exactly long enough for that and no longer.
+horizon the model was trained for: it has a horizon bucket (``forecast_core.features``) for each
+day of that and no more. A model is of the kind its training backtest chose: ``forest`` (a
+forest per horizon bucket, each step forecast by its bucket's forest from the same features
+training built), or ``seasonal_naive_week`` / ``seasonal_naive_day``, which forecast as
+:func:`seasonal_naive_forecast` does with a week or a day.
 
 Negative forecasts are set to 0 (energy drawn is never negative); nothing else is clipped, so
 an absurd model shows as absurd values for the publishing side's checks to reject.
@@ -57,8 +61,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
 from forecast_core import runtime
+from forecast_core.backtest import FOREST, NAIVE_SEASONS
 from forecast_core.batch import BatchFileError, read_batch, run_each
-from forecast_core.features import FeatureSpec, build_features, regular_grid
+from forecast_core.features import FeatureSpec, bucket_for_lead, build_features, regular_grid
 from forecast_core.metrics import ONE_WEEK, seasonal_naive
 
 PROCESSING = Path("/opt/ml/processing")
@@ -201,17 +206,30 @@ def predict(
     with tempfile.TemporaryDirectory() as tmp:
         model, spec, scales = load_model(model_dir, Path(tmp), customer)
     history = read_history(customer, history_dir)
-    resolution = spec.resolution
     hours, steps = horizon(customer, spec, horizon_hours)
+    kind = model["kind"]
+    if kind in NAIVE_SEASONS:
+        forecast, hours = naive_forecast(customer, history, hours, NAIVE_SEASONS[kind])
+        report = write_forecast(forecast, output_dir, hours, model_version, source, issued_at)
+        return {**report, "model_kind": kind}
+    if kind != FOREST:
+        raise InferenceInputError(f"customer '{customer}': unknown model kind {kind!r}")
+    resolution = spec.resolution
     last = history.loc[history["energy_kwh"].notna(), "timestamp"].max()
     until = last + steps * resolution
     grid = regular_grid(history, spec, until=until)
-    try:
-        design = build_features(grid, spec, scales)
-    except ValueError as exc:
-        raise InferenceInputError(f"customer '{customer}': {exc}") from exc
     future = (grid["timestamp"] > last).to_numpy()
-    predicted = model.predict(design.features[future]) * design.kwh_per_unit[future]
+    lead = np.rint((grid["timestamp"] - last) / resolution).to_numpy()[future].astype(int)
+    bucket = bucket_for_lead(spec, lead)
+    predicted = np.full(int(future.sum()), np.nan)
+    for b in np.unique(bucket):
+        try:
+            design = build_features(grid, spec, scales, int(b))
+        except ValueError as exc:
+            raise InferenceInputError(f"customer '{customer}': {exc}") from exc
+        rows = bucket == b
+        X = design.features[future][rows]
+        predicted[rows] = model["forests"][int(b)].predict(X) * design.kwh_per_unit[future][rows]
     # Only below: an absurdly high forecast must stay visible to the checks before publishing.
     energy = np.clip(predicted, 0.0, None)
     forecast = pd.DataFrame(
@@ -221,7 +239,8 @@ def predict(
             "energy_kwh": energy,
         }
     )
-    return write_forecast(forecast, output_dir, hours, model_version, source, issued_at)
+    report = write_forecast(forecast, output_dir, hours, model_version, source, issued_at)
+    return {**report, "model_kind": kind}
 
 
 def predict_fallback(
@@ -238,6 +257,16 @@ def predict_fallback(
             f"customer '{customer}': the seasonal-naive fallback needs --horizon-hours"
         )
     history = read_history(customer, history_dir)
+    forecast, hours = naive_forecast(customer, history, horizon_hours, ONE_WEEK)
+    return write_forecast(forecast, output_dir, hours, FALLBACK_MODEL_VERSION, FALLBACK, issued_at)
+
+
+def naive_forecast(
+    customer: str, history: pd.DataFrame, horizon_hours: float, season: pd.Timedelta
+) -> tuple[pd.DataFrame, float]:
+    """Each device's seasonal-naive forecast (``season`` a week or a day, see
+    :func:`seasonal_naive_forecast`) for ``horizon_hours`` after its last reading; returns the
+    forecast (timestamp, device_id, energy_kwh) and its length in hours."""
     known = np.isfinite(history["energy_kwh"].to_numpy(dtype=float))
     if "is_gap" in history.columns:
         known &= ~history["is_gap"].fillna(False).to_numpy(dtype=bool)
@@ -269,14 +298,13 @@ def predict_fallback(
                 {
                     "timestamp": future,
                     "device_id": device,
-                    "energy_kwh": seasonal_naive_forecast(series, future),
+                    "energy_kwh": seasonal_naive_forecast(series, future, season),
                 }
             )
         )
     forecast = pd.concat(parts, ignore_index=True)
     forecast["energy_kwh"] = np.clip(forecast["energy_kwh"].to_numpy(), 0.0, None)
-    hours = float(steps * resolution / pd.Timedelta(hours=1))
-    return write_forecast(forecast, output_dir, hours, FALLBACK_MODEL_VERSION, FALLBACK, issued_at)
+    return forecast, float(steps * resolution / pd.Timedelta(hours=1))
 
 
 def data_resolution(customer: str, history: pd.DataFrame) -> pd.Timedelta:
@@ -302,18 +330,30 @@ def data_resolution(customer: str, history: pd.DataFrame) -> pd.Timedelta:
     return resolution
 
 
-def seasonal_naive_forecast(known: pd.Series, future: pd.DatetimeIndex) -> np.ndarray:
-    """Values at ``future`` from ``known`` readings (NaN-free, by time): a week earlier, else a
-    day earlier (a forecast value beyond the first day), else the mean at that time of day."""
+def seasonal_naive_forecast(
+    known: pd.Series, future: pd.DatetimeIndex, season: pd.Timedelta = ONE_WEEK
+) -> np.ndarray:
+    """Values at ``future`` from ``known`` readings (NaN-free, by time).
+
+    ``season`` a week (the fallback, and the gate's baseline): a week earlier, else a day earlier
+    (a forecast value beyond the first day), else the mean at that time of day. ``season`` a day
+    (the ``seasonal_naive_day`` model): a day earlier (beyond the first day, the forecast's own
+    first day, i.e. the last day before the forecast repeated), else a week earlier, else the
+    mean at that time of day.
+    """
+    if season not in (ONE_WEEK, ONE_DAY):
+        raise ValueError(f"season must be a week or a day, not {season}")
     timeline = pd.Series(np.nan, index=known.index.union(future))
     timeline.loc[known.index] = known.to_numpy()
-    forecast = seasonal_naive(timeline, ONE_WEEK).reindex(future)
+    week_earlier = seasonal_naive(timeline, ONE_WEEK).reindex(future)
+    forecast = week_earlier.copy() if season == ONE_WEEK else pd.Series(np.nan, index=future)
     # A day earlier may itself be a forecast: each round fills one more day of the horizon.
     for _ in range(int(np.ceil((future[-1] - future[0]) / ONE_DAY)) + 1):
         if not forecast.isna().any():
             break
         timeline.loc[future] = forecast.to_numpy()
         forecast = forecast.fillna(seasonal_naive(timeline, ONE_DAY).reindex(future))
+    forecast = forecast.fillna(week_earlier)
     if forecast.isna().any():
         recent = known[known.index > known.index[-1] - RECENT]
         by_slot = slot_means(recent).combine_first(slot_means(known))

@@ -1,20 +1,26 @@
-"""SageMaker Training job: fit one customer's load-forecast model and score it on a holdout.
+"""SageMaker Training job: choose and fit one customer's load-forecast model by a backtest.
 
 Contract (SageMaker training, script mode or custom image):
   channel "train"   SM_CHANNEL_TRAIN/load.parquet, the preprocessed load table
   hyperparameters   /opt/ml/input/config/hyperparameters.json (see DEFAULTS)
   SM_MODEL_DIR      model.joblib, feature_spec.json, normalization.json, metrics.json
                     (SageMaker packs this folder into model.tar.gz)
-  SM_OUTPUT_DATA_DIR holdout.csv (customer load against forecast and baseline), metrics.json
+  SM_OUTPUT_DATA_DIR backtest.csv (every origin's forecast against actual), metrics.json
 
 Batch mode, when the job has a channel "batch" (SM_CHANNEL_BATCH/batch.json, see
 forecast_core.batch): the same for each customer ``<c>`` of the batch, with its input at
 SM_CHANNEL_TRAIN/<c>/load.parquet and its outputs in SM_MODEL_DIR/<c>/ and SM_OUTPUT_DATA_DIR/<c>/.
 The hyperparameters apply to every customer; ``customer_id`` is not one of them in this mode.
 
-The last ``holdout_days`` are held out, in time order. The model and a seasonal-naive baseline
-(same time last week) are scored on the customer's total load over the same holdout hours, so
-the two figures are comparable. With ``refit_full`` the saved model is then refitted on all data.
+Rolling-origin backtest (``forecast_core.backtest``): up to ``backtest_days`` daily origins at
+the time of day the next forecast will start, the last one as late as leaves a whole horizon of
+actuals. The forest is fitted once, on targets before the first origin, and then forecasts every
+origin from that origin's own features (which end before it), so no value after an origin
+reaches its forecast. The window shrinks with a short history, down to ``MIN_BACKTEST_ORIGINS``
+origins after ``MIN_FIT_DAYS`` of data. The candidates (forest, seasonal naive week, seasonal
+naive day) are scored on the same hours; the one with the lowest WAPE is the model. A chosen
+forest is refitted on all data (``refit_full``); a chosen naive model is just its kind.
+``model.joblib`` holds ``{"kind": ..., "forests": {bucket: model}}`` (no forests for naive).
 """
 
 from __future__ import annotations
@@ -26,21 +32,33 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
 from forecast_core import runtime
+from forecast_core.backtest import (
+    CANDIDATES,
+    FOREST,
+    NAIVE_WEEK,
+    available_origins,
+    backtest_frame,
+    choose,
+    horizon_days,
+    origins,
+)
 from forecast_core.batch import BATCH_FILE, read_batch, run_each
 from forecast_core.features import (
+    Design,
     FeatureSpec,
     build_features,
     make_feature_spec,
     normalization_scales,
     regular_grid,
 )
-from forecast_core.metrics import regression_metrics, seasonal_naive
+from forecast_core.metrics import regression_metrics
 
 DEFAULTS: dict[str, Any] = {
     "n_estimators": 100,
@@ -48,14 +66,16 @@ DEFAULTS: dict[str, Any] = {
     "min_samples_leaf": 5,
     "max_features": 0.5,
     "random_state": 42,
-    "holdout_days": 28,
+    "backtest_days": 28,
     "horizon_hours": 48,
     "timezone": "Europe/Berlin",
     "holiday_country": "DE",
     "refit_full": True,
 }
-# Beyond the holdout, at least this much history must remain to learn from.
-MIN_TRAIN_DAYS = 21
+# Before the first backtest origin: a week of lag warm-up, then three weeks of rows to fit on.
+MIN_FIT_DAYS = 28
+# Fewer daily origins than this say too little to choose a model by.
+MIN_BACKTEST_ORIGINS = 7
 
 
 class TrainingInputError(ValueError):
@@ -86,53 +106,43 @@ def load_series(customer: Any, channel: Path, name: str) -> pd.DataFrame:
     return series
 
 
-def check_span(customer: Any, series: pd.DataFrame, spec: FeatureSpec, hp: dict[str, Any]) -> None:
-    span = series["timestamp"].max() - series["timestamp"].min()
-    needed = (
-        pd.Timedelta(days=int(hp["holdout_days"]) + MIN_TRAIN_DAYS)
-        + spec.resolution * spec.min_history_steps
-    )
-    if span < needed:
+def backtest_origins(
+    customer: Any, series: pd.DataFrame, spec: FeatureSpec, hp: dict[str, Any]
+) -> pd.DatetimeIndex:
+    """The backtest's origins: ``backtest_days`` of them, fewer if the history is short."""
+    first, last = series["timestamp"].min(), series["timestamp"].max()
+    wanted = int(hp["backtest_days"])
+    if wanted < 1:
+        raise TrainingInputError(f"backtest_days must be at least 1, got {wanted}")
+    available = available_origins(first, last, spec, MIN_FIT_DAYS)
+    needed = min(wanted, MIN_BACKTEST_ORIGINS)
+    if available < needed:
+        days = MIN_FIT_DAYS + needed - 1 + horizon_days(spec)
         raise TrainingInputError(
-            f"customer '{customer}': {span.days} days of load data, need at least {needed.days} "
-            f"({hp['holdout_days']} holdout + {MIN_TRAIN_DAYS} training + feature history)"
+            f"customer '{customer}': {(last - first).days} days of load data, need at least "
+            f"{days} ({MIN_FIT_DAYS} before the first backtest origin, then {needed} daily "
+            f"origins each with {spec.horizon_steps * spec.resolution / pd.Timedelta(hours=1):g} h "
+            "of actuals after it)"
         )
+    return origins(last, spec, min(wanted, available))
 
 
-def total_load_holdout(
-    customer: Any, per_device: pd.DataFrame, is_holdout: pd.Series, cutoff: pd.Timestamp
-) -> pd.DataFrame:
-    """Actual, forecast and baseline of the customer's total load over the holdout.
-
-    Only hours where every device has a value count, so that the totals compare.
-    """
-    actual_all = per_device.pivot_table(
-        index="timestamp", columns="device_id", values="energy_kwh", dropna=False
-    )
-    complete = actual_all.notna().all(axis=1)
-    total_actual = actual_all.sum(axis=1, min_count=1).where(complete)
-    holdout_rows = per_device[is_holdout]
-    total_pred = holdout_rows.groupby("timestamp")["predicted"].sum().reindex(total_actual.index)
-    total_base = seasonal_naive(total_actual)
-    holdout = pd.DataFrame({"actual": total_actual, "forecast": total_pred, "baseline": total_base})
-    holdout = holdout[holdout.index > cutoff].dropna()
-    if holdout.empty:
-        raise TrainingInputError(
-            f"customer '{customer}': no complete hours in the holdout to score"
-        )
-    return holdout
+def fit_buckets(
+    designs: dict[int, Design], rows: dict[int, pd.Series], hp: dict[str, Any]
+) -> dict[int, RandomForestRegressor]:
+    return {b: fit(d.features[rows[b]], d.target[rows[b]], hp) for b, d in designs.items()}
 
 
 def write_outputs(
     model_out: Path,
     data_out: Path,
-    model: RandomForestRegressor,
+    model: dict[str, Any],
     spec: FeatureSpec,
     scales: dict[str, float],
-    holdout: pd.DataFrame,
+    backtest: pd.DataFrame,
     summary: dict[str, Any],
 ) -> None:
-    """The model folder SageMaker packs into model.tar.gz, and the holdout beside the metrics."""
+    """The model folder SageMaker packs into model.tar.gz, and the backtest beside the metrics."""
     model_out.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, model_out / "model.joblib", compress=3)
     (model_out / "feature_spec.json").write_text(spec.to_json())
@@ -141,15 +151,15 @@ def write_outputs(
     )
     (model_out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     data_out.mkdir(parents=True, exist_ok=True)
-    holdout.rename_axis("timestamp").reset_index().to_csv(data_out / "holdout.csv", index=False)
+    backtest.to_csv(data_out / "backtest.csv", index=False)
     (data_out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 def train(
     customer: Any, channel: Path, name: str, model_out: Path, data_out: Path, hp: dict[str, Any]
 ) -> dict[str, Any]:
-    """Train and score one customer's model on load table ``name`` in the training channel,
-    write it to ``model_out`` and its holdout to ``data_out``; returns the metadata to report."""
+    """Backtest the candidates on load table ``name`` in the training channel, write the chosen
+    model to ``model_out`` and the backtest to ``data_out``; returns the metadata to report."""
     series = load_series(customer, channel, name)
     resolution = pd.Series(series["timestamp"].sort_values().unique()).diff().median()
     spec = make_feature_spec(
@@ -159,53 +169,70 @@ def train(
         holiday_country=str(hp["holiday_country"]),
         devices=sorted(series["device_id"].unique()),
     )
-    check_span(customer, series, spec, hp)
+    at = backtest_origins(customer, series, spec, hp)
 
     scales = normalization_scales(series)
     grid = regular_grid(series, spec)
-    design = build_features(grid, spec, scales)
-    X, y = design.features, design.target
-    usable = y.notna() & X[f"lag_{spec.lag_steps[-1]}"].notna()
-    cutoff = grid["timestamp"].max() - pd.Timedelta(days=int(hp["holdout_days"]))
-    is_train = usable & (grid["timestamp"] <= cutoff)
-    is_holdout = (grid["timestamp"] > cutoff) & y.notna()
+    designs = {b: build_features(grid, spec, scales, b) for b in spec.bucket_steps}
+    week = f"lag_{spec.week_steps}"
+    usable = {b: d.target.notna() & d.features[week].notna() for b, d in designs.items()}
+    before = grid["timestamp"] < at[0]
+    fit_rows = {b: u & before for b, u in usable.items()}
+    if min(int(r.sum()) for r in fit_rows.values()) == 0:
+        raise TrainingInputError(f"customer '{customer}': no complete rows before {at[0]}")
 
-    model = fit(X[is_train], y[is_train], hp)
-    predicted = pd.Series(
-        model.predict(X[is_holdout]) * design.kwh_per_unit[is_holdout.to_numpy()],
-        index=grid.index[is_holdout],
-    )
+    forests = fit_buckets(designs, fit_rows, hp)
+    scored = ~before.to_numpy()
+    forest_kwh = {}
+    for b, d in designs.items():
+        values = np.full(len(grid), np.nan)
+        values[scored] = forests[b].predict(d.features[scored]) * d.kwh_per_unit[scored]
+        forest_kwh[b] = pd.Series(values, index=grid.index)
+    frame = backtest_frame(grid, spec, at, forest_kwh)
+    if frame.empty:
+        raise TrainingInputError(
+            f"customer '{customer}': no complete hours in the backtest to score"
+        )
+    scores = {c: regression_metrics(frame["actual"], frame[c]) for c in CANDIDATES}
+    kind = choose(scores)
 
-    holdout = total_load_holdout(customer, grid.assign(predicted=predicted), is_holdout, cutoff)
-    metrics = regression_metrics(holdout["actual"], holdout["forecast"])
-    baseline = regression_metrics(holdout["actual"], holdout["baseline"])
-
-    if hp["refit_full"]:
-        model = fit(X[usable], y[usable], hp)
-
+    if kind == FOREST and hp["refit_full"]:
+        forests = fit_buckets(designs, usable, hp)
+    model = {"kind": kind, "forests": forests if kind == FOREST else {}}
+    backtest = frame.assign(forecast=frame[kind], baseline=frame[NAIVE_WEEK])
+    metrics, baseline = scores[kind], scores[NAIVE_WEEK]
     summary = {
         "customer_id": customer,
+        "model_kind": kind,
         "model": metrics,
         "baseline_seasonal_naive": baseline,
         "wape_ratio": metrics["wape"] / baseline["wape"] if baseline["wape"] else float("nan"),
-        "holdout_start": holdout.index.min().isoformat(),
-        "holdout_end": holdout.index.max().isoformat(),
-        "train_rows": int(is_train.sum()),
-        "holdout_hours": len(holdout),
-        "refit_full": bool(hp["refit_full"]),
+        "candidates": scores,
+        "backtest_origins": len(at),
+        "backtest_first_origin": at[0].isoformat(),
+        "backtest_last_origin": at[-1].isoformat(),
+        "backtest_hours": len(frame),
+        "backtest_fit": "one fit on targets before the first origin; each origin forecast from "
+        "its own features, which end before it",
+        "train_rows": int(fit_rows[spec.bucket_steps[0]].sum()),
+        "refit_full": bool(hp["refit_full"]) and kind == FOREST,
         "hyperparameters": {k: hp[k] for k in DEFAULTS},
-        "features": spec.feature_names(),
+        "features": {str(b): spec.feature_names(b) for b in spec.bucket_steps},
+        "horizon_buckets_steps": list(spec.bucket_steps),
     }
-    write_outputs(model_out, data_out, model, spec, scales, holdout, summary)
+    write_outputs(model_out, data_out, model, spec, scales, backtest, summary)
 
     return {
+        "model_kind": kind,
         **{f"{k}": round(v, 6) for k, v in metrics.items() if k != "n"},
         **{f"baseline_{k}": round(v, 6) for k, v in baseline.items() if k != "n"},
+        **{f"{c}_wape": round(s["wape"], 6) for c, s in scores.items()},
         "wape_ratio": round(float(summary["wape_ratio"]), 6),
         "train_rows": summary["train_rows"],
-        "holdout_hours": summary["holdout_hours"],
-        "holdout_start": summary["holdout_start"],
-        "holdout_end": summary["holdout_end"],
+        "backtest_origins": summary["backtest_origins"],
+        "backtest_hours": summary["backtest_hours"],
+        "backtest_first_origin": summary["backtest_first_origin"],
+        "backtest_last_origin": summary["backtest_last_origin"],
     }
 
 

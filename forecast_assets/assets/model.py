@@ -28,6 +28,7 @@ from forecast_assets.assets.common import (
 from forecast_assets.assets.preprocessed import preprocessed_load
 from forecast_assets.partitions import customers_partitions_def
 from forecast_assets.publication import PREPROCESSED
+from forecast_core.backtest import NAIVE_WEEK
 from forecast_core.metrics import quality_gate
 from resources.database import Database, ModelVersion
 from resources.jobs import JobLauncher
@@ -51,7 +52,11 @@ class TrainingConfig(dg.Config):
     min_samples_leaf: int = Field(default=5, description="Minimum samples per leaf.")
     max_features: float = Field(default=0.5, description="Share of features tried per split.")
     random_state: int = 42
-    holdout_days: int = Field(default=28, description="Most recent days held out for scoring.")
+    backtest_days: int = Field(
+        default=28,
+        description="Daily forecast origins of the rolling-origin backtest that chooses the model "
+        "and feeds the gate (fewer when the history is short, at least 7).",
+    )
     horizon_hours: int = Field(default=48, description="Longest horizon the model will forecast.")
     timezone: str = Field(
         default="Europe/Berlin", description="Local time zone for calendar features."
@@ -62,12 +67,13 @@ class TrainingConfig(dg.Config):
     refit_full: bool = Field(default=True, description="Refit on all data after scoring.")
     max_wape_ratio: float = Field(
         default=1.0,
-        description="Quality gate: the model's holdout WAPE must be below this multiple of "
-        "seasonal naive's (same time last week) on the same hours. 1.0: it must beat naive.",
+        description="Quality gate: the chosen model's backtest WAPE must be below this multiple "
+        "of seasonal naive's (same time last week) on the same hours. 1.0: it must beat naive. "
+        "A model that is seasonal naive itself (chosen when nothing beat it) is approved.",
     )
     min_r2: float | None = Field(
         default=None,
-        description="Quality gate, optional: minimum R² on the holdout (the replaced workflow's "
+        description="Quality gate, optional: minimum R² on the backtest (the replaced workflow's "
         "0.7). Off by default: R² punishes noisy loads such as households even when the model "
         "beats naive clearly.",
     )
@@ -84,7 +90,7 @@ class TrainingConfig(dg.Config):
 def read_training_outputs(
     store: ObjectStore, uri: str, members: dict[str, str]
 ) -> dict[str, tuple[dict, pd.DataFrame]]:
-    """metrics.json and holdout.csv of each customer from a training job's output.tar.gz.
+    """metrics.json and backtest.csv of each customer from a training job's output.tar.gz.
 
     ``members`` maps each customer to its folder in the archive ("" for a one-customer job).
     """
@@ -94,16 +100,16 @@ def read_training_outputs(
         for customer, folder in members.items():
             try:
                 metrics = json.load(tar.extractfile(names[f"{folder}metrics.json"]))  # type: ignore[arg-type]
-                holdout = pd.read_csv(
-                    tar.extractfile(names[f"{folder}holdout.csv"]),  # type: ignore[arg-type]
-                    parse_dates=["timestamp"],
+                backtest = pd.read_csv(
+                    tar.extractfile(names[f"{folder}backtest.csv"]),  # type: ignore[arg-type]
+                    parse_dates=["origin", "timestamp"],
                 )
             except KeyError as exc:
                 raise dg.Failure(
                     description=f"customer '{customer}': the training job wrote no {exc.args[0]} "
                     f"in {uri}"
                 ) from exc
-            found[customer] = (metrics, holdout)
+            found[customer] = (metrics, backtest)
     return found
 
 
@@ -143,13 +149,12 @@ def split_model_archive(
     return uris
 
 
-def holdout_table(holdout: pd.DataFrame, timezone: str) -> dg.TableMetadataValue:
-    """Forecast against actual over the holdout, one row per local day, for the UI."""
-    local_day = holdout["timestamp"].dt.tz_convert(timezone).dt.date
-    daily = holdout.groupby(local_day)[["actual", "forecast", "baseline"]].sum()
+def backtest_table(backtest: pd.DataFrame, timezone: str) -> dg.TableMetadataValue:
+    """Each backtest origin's forecast against actual over its horizon, for the UI."""
+    by_origin = backtest.groupby("origin")[["actual", "forecast", "baseline"]].sum()
     records = [
         {
-            "day": str(day),
+            "origin": str(pd.Timestamp(origin).tz_convert(timezone)),
             "actual_kwh": round(float(row.actual), 1),
             "forecast_kwh": round(float(row.forecast), 1),
             "baseline_kwh": round(float(row.baseline), 1),
@@ -157,12 +162,12 @@ def holdout_table(holdout: pd.DataFrame, timezone: str) -> dg.TableMetadataValue
             if row.actual
             else 0.0,
         }
-        for day, row in daily.iterrows()
+        for origin, row in by_origin.iterrows()
     ]
     return table_metadata(
         records,
         {
-            "day": "string",
+            "origin": "string",
             "actual_kwh": "float",
             "forecast_kwh": "float",
             "baseline_kwh": "float",
@@ -182,10 +187,11 @@ def holdout_table(holdout: pd.DataFrame, timezone: str) -> dg.TableMetadataValue
         dg.AssetCheckSpec(
             "quality_gate",
             asset=KEY,
-            description="The model must beat the seasonal-naive baseline (same time last week) on "
-            "the holdout: WAPE below max_wape_ratio times naive's (and R² at least min_r2, if "
-            "set). A model that fails is recorded as Rejected and never forecasts; the customer "
-            "keeps being forecast from its previous approved model, or seasonal naive.",
+            description="The chosen model must beat the seasonal-naive baseline (same time last "
+            "week) on the rolling-origin backtest: WAPE below max_wape_ratio times naive's (and "
+            "R² at least min_r2, if set); a model that is seasonal naive week itself passes. A "
+            "model that fails is recorded as Rejected and never forecasts; the customer keeps "
+            "being forecast from its previous approved model, or seasonal naive.",
         )
     ],
 )
@@ -196,13 +202,15 @@ def load_forecast_model(
     launcher: JobLauncher,
     database: Database,
 ) -> dg.MaterializeResult:
-    """A RandomForestRegressor forecasting the customer's per-device load up to ``horizon_hours``.
+    """The customer's per-device load forecast up to ``horizon_hours``, of the kind a backtest
+    chose: random forests (one per day of the horizon) or seasonal naive (week or day).
 
     Trained by a SageMaker Training job (``containers/training``) on the current
-    ``preprocessed/load`` version with lag and calendar features (local time, public holidays).
-    Scored on the last ``holdout_days`` (time-ordered) against a seasonal-naive baseline (same
-    time last week). Artifact: ``models/<customer>/<job>/output/model.tar.gz`` with the model,
-    its feature spec, normalization parameters and metrics. Each version is recorded in the
+    ``preprocessed/load`` version. The candidates forecast from up to ``backtest_days`` daily
+    origins, each from data before it only, and the one with the lowest WAPE on the customer's
+    total load is the model; it is gated against seasonal naive (same time last week) on the
+    same hours. Artifact: ``models/<customer>/<job>/output/model.tar.gz`` with the model, its
+    feature spec, normalization parameters and metrics. Each version is recorded in the
     model registry (table ``model_versions``), which is where models are published: Approved
     when it passes the quality gate, else Rejected (a recorded outcome, not a failure: the
     forecast goes on from the previous approved model or seasonal naive). A re-run on the same
@@ -277,7 +285,7 @@ def load_forecast_model(
 
     reports = job_reports(job, to_run)
     for customer in to_run:
-        summary, holdout = outputs[customer]
+        summary, backtest = outputs[customer]
         summary = {**summary, "data_version": tables[customer].version}
         metadata, checks[customer] = register(
             context,
@@ -287,7 +295,7 @@ def load_forecast_model(
             job.name,
             model_uris[customer],
             summary,
-            holdout,
+            backtest,
             inputs[customer],
         )
         per_customer[customer] = {**reports[customer], **metadata}
@@ -302,7 +310,7 @@ def register(
     version: str,
     model_uri: str,
     summary: dict,
-    holdout: pd.DataFrame,
+    backtest: pd.DataFrame,
     inputs: str,
 ) -> tuple[dict[str, Any], list[dg.AssetCheckResult]]:
     """Gate one customer's new model and record it in the model registry.
@@ -312,7 +320,11 @@ def register(
     """
     model_metrics, baseline = summary["model"], summary["baseline_seasonal_naive"]
     gate = quality_gate(
-        model_metrics, baseline, max_wape_ratio=config.max_wape_ratio, min_r2=config.min_r2
+        model_metrics,
+        baseline,
+        max_wape_ratio=config.max_wape_ratio,
+        min_r2=config.min_r2,
+        is_baseline=summary.get("model_kind") == NAIVE_WEEK,
     )
     summary = {
         **summary,
@@ -344,8 +356,9 @@ def register(
         "model_uri": dg.MetadataValue.url(model_uri),
         "approval_status": registered.status,
         **score_metadata(summary),
-        "holdout": holdout_table(holdout, config.timezone),
-        "holdout_hours": summary["holdout_hours"],
+        "backtest": backtest_table(backtest, config.timezone),
+        "backtest_origins": summary["backtest_origins"],
+        "backtest_hours": summary["backtest_hours"],
         "train_rows": summary["train_rows"],
     }
     return {**metadata, "gate": gate.summary, "reused": False}, [
@@ -354,8 +367,14 @@ def register(
 
 
 def score_metadata(summary: dict[str, Any]) -> dict[str, Any]:
-    """The model's and seasonal naive's holdout scores, as the materialization shows them."""
+    """The chosen model's kind and its, seasonal naive's and every candidate's backtest
+    scores, as the materialization shows them."""
     return {
+        "model_kind": summary.get("model_kind", "forest"),
+        **{
+            f"candidate_{c}_wape": round(s["wape"], 4)
+            for c, s in summary.get("candidates", {}).items()
+        },
         **{f"model_{k}": round(v, 4) for k, v in summary["model"].items() if k != "n"},
         **{
             f"baseline_{k}": round(v, 4)

@@ -12,7 +12,8 @@ import pandas as pd
 
 
 def regression_metrics(actual, predicted) -> dict[str, float]:
-    """MAE, RMSE, MAPE (%), WAPE (%) and R² over the pairs where both values are known.
+    """MAE, RMSE, MAPE (%), WAPE (%), bias (% of actual energy, + = too high) and R² over the
+    pairs where both values are known.
 
     MAPE skips zero actuals (it is undefined there); WAPE, the sum of absolute errors over the
     sum of actuals, does not need to and is the fairer figure for load that can be near zero.
@@ -33,6 +34,7 @@ def regression_metrics(actual, predicted) -> dict[str, float]:
         if nonzero.any()
         else float("nan"),
         "wape": float(np.sum(np.abs(err)) / np.sum(np.abs(a)) * 100) if np.any(a) else float("nan"),
+        "bias_pct": float(np.sum(err) / np.sum(np.abs(a)) * 100) if np.any(a) else float("nan"),
         "r2": float(1 - np.sum(err**2) / ss_tot) if ss_tot > 0 else float("nan"),
         "n": int(a.size),
     }
@@ -51,7 +53,7 @@ def seasonal_naive(series: pd.Series, season: pd.Timedelta = ONE_WEEK) -> pd.Ser
 @dataclass(frozen=True)
 class GateResult:
     """The gate's verdict: ``passed``, one line ``summary`` for logs and UIs, and ``reasons``
-    (empty when approved) saying what failed. ``wape_ratio`` is the model's holdout WAPE over
+    (empty when approved) saying what failed. ``wape_ratio`` is the model's backtest WAPE over
     seasonal naive's, NaN when either is unknown."""
 
     passed: bool
@@ -66,12 +68,13 @@ def quality_gate(
     *,
     max_wape_ratio: float = 1.0,
     min_r2: float | None = None,
+    is_baseline: bool = False,
 ) -> GateResult:
     """Whether a model may be used for forecasts: it must beat the forecast the customer would
     otherwise get.
 
-    The rule: approved when the model's holdout WAPE is strictly below seasonal naive's WAPE on
-    the same holdout times ``max_wape_ratio``, i.e. ``model WAPE / naive WAPE < max_wape_ratio``,
+    The rule: approved when the model's backtest WAPE is strictly below seasonal naive's WAPE on
+    the same backtest hours times ``max_wape_ratio``, i.e. ``model WAPE / naive WAPE < max_wape_ratio``,
     with both WAPEs finite and the model scored on every holdout interval the baseline was (a model
     whose forecast is infinite or NaN somewhere loses those intervals from its own metrics, see
     :func:`regression_metrics`, and must not look better for it).
@@ -84,6 +87,11 @@ def quality_gate(
     naive (WAPE ratio 0.77). ``min_r2`` remains as an optional extra condition, off by default.
     ``max_wape_ratio`` below 1 demands a margin over naive; above 1 tolerates a slightly worse
     model (rarely wanted: the fallback is then the better forecast).
+
+    ``is_baseline``: the model *is* seasonal naive (same time last week), chosen by the backtest
+    because no candidate beat it. It is approved whatever the limits: it forecasts exactly what
+    the fallback would, so approving it serves the customer nothing worse than the fallback,
+    and it stops an older approved model, which the backtest did not choose, from forecasting.
     """
     if not (math.isfinite(max_wape_ratio) and max_wape_ratio > 0):
         raise ValueError(f"max_wape_ratio must be a positive number, got {max_wape_ratio}")
@@ -91,6 +99,14 @@ def quality_gate(
         raise ValueError(f"min_r2 must be a number or None, got {min_r2}")
     reasons: list[str] = []
     wape = float(metrics.get("wape", float("nan")))
+    if is_baseline:
+        return GateResult(
+            passed=True,
+            reasons=(),
+            summary=f"seasonal naive (same time last week) chosen, WAPE {_pct(wape)}: no candidate "
+            "beat it; it forecasts as the fallback would: approved",
+            wape_ratio=1.0,
+        )
     base = float(baseline.get("wape", float("nan")))
     comparable = math.isfinite(wape) and math.isfinite(base) and base > 0
     ratio = wape / base if comparable else float("nan")
