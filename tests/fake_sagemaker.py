@@ -475,22 +475,14 @@ class FakeSageMakerClient:
         )
         status, reason, secondary = "Failed", None, "Failed"
         try:
-            if job.job_type == "processing":
-                result = sandbox.run_processing(
-                    job.request,
-                    extra_env=self.job_env,
-                    log=lambda line: self._log(job, line),
-                    stop_requested=lambda: self._poll_stop(job),
-                    host_logs=lambda host: lambda line: self._log(job, line, host),
-                )
-            else:
-                result = sandbox.run_training(
-                    job.request,
-                    extra_env=self.job_env,
-                    log=lambda line: self._log(job, line),
-                    stop_requested=lambda: self._poll_stop(job),
-                    host_logs=lambda host: lambda line: self._log(job, line, host),
-                )
+            run = sandbox.run_processing if job.job_type == "processing" else sandbox.run_training
+            result = run(
+                job.request,
+                extra_env=self.job_env,
+                log=lambda line: self._log(job, line),
+                stop_requested=lambda: self._poll_stop(job),
+                host_logs=lambda host: lambda line: self._log(job, line, host),
+            )
             job.result = result
             status, reason = result.status, result.failure_reason
             if status == "Stopped":

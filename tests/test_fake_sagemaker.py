@@ -348,7 +348,7 @@ def training_request(store: S3ObjectStore, name: str, script: str, **kwargs: Any
     return training_job_request(
         name=name,
         settings=kwargs.pop("settings", SETTINGS),
-        role_arn=ROLE,
+        role_arn=kwargs.pop("role_arn", ROLE),
         program="train.py",
         source_uri=source_uri,
         hyperparameters={},

@@ -235,22 +235,32 @@ def _check_reports(job: CompletedJob) -> None:
     assert len(set(pids.values())) == 3
 
 
-def test_a_batch_on_three_instances_through_the_local_launcher(store: LocalObjectStore, data_home):
+def _launch_locally(
+    store: LocalObjectStore, request: dict[str, Any], kind: str = "processing"
+) -> tuple[dg.ExecuteInProcessResult, CompletedJob | None]:
+    """Run ``request`` through the local launcher in an asset; the run and the completed job."""
     launcher = LocalJobLauncher(store=store)
-    name = "fa-prep-batch7-0123abcd-0"
-    captured: dict[str, Any] = {}
+    captured: dict[str, CompletedJob] = {}
 
     @dg.asset
     def probe(
         context: dg.AssetExecutionContext, launcher: LocalJobLauncher
     ) -> dg.MaterializeResult:
-        job = launcher.run_processing_job(context=context, request=_batch_request(store, name))
-        captured["job"] = job
+        launch = launcher.run_processing_job if kind == "processing" else launcher.run_training_job
+        captured["job"] = job = launch(context=context, request=request)
         return dg.MaterializeResult(metadata=job.metadata())
 
-    result = dg.materialize([probe], resources={"launcher": launcher, "store": store})
+    result = dg.materialize(
+        [probe], resources={"launcher": launcher, "store": store}, raise_on_error=False
+    )
+    return result, captured.get("job")
+
+
+def test_a_batch_on_three_instances_through_the_local_launcher(store: LocalObjectStore, data_home):
+    name = "fa-prep-batch7-0123abcd-0"
+    result, job = _launch_locally(store, _batch_request(store, name))
     assert result.success
-    job: CompletedJob = captured["job"]
+    assert job is not None
     assert job.instance_count == 3 and job.metadata()["instance_count"] == 3
     _check_reports(job)
     _check_outputs(store, name, CUSTOMERS)
@@ -270,16 +280,8 @@ def test_a_batch_on_three_instances_through_the_local_launcher(store: LocalObjec
 def test_a_failing_customer_fails_the_job_naming_it_while_the_others_report(
     store: LocalObjectStore, data_home
 ):
-    launcher = LocalJobLauncher(store=store)
     name = "fa-prep-batch7-0123abcd-1"
-
-    @dg.asset
-    def probe(context: dg.AssetExecutionContext, launcher: LocalJobLauncher) -> None:
-        launcher.run_processing_job(context=context, request=_batch_request(store, name, "c5"))
-
-    result = dg.materialize(
-        [probe], resources={"launcher": launcher, "store": store}, raise_on_error=False
-    )
+    result, _ = _launch_locally(store, _batch_request(store, name, "c5"))
     assert not result.success
     message = error_text(result)
     # The job's reason is algo-2's (c5's host), and c5's whole reason came through Pipes.
@@ -438,24 +440,11 @@ def test_hosts_writing_the_same_model_file_fail_the_training_job(fake, s3_store)
 
 
 def test_a_training_batch_on_three_local_instances(store: LocalObjectStore, data_home):
-    launcher = LocalJobLauncher(store=store)
     name = "fa-train-batch7-0123abcd-2"
-    captured: dict[str, Any] = {}
-
-    @dg.asset
-    def probe(
-        context: dg.AssetExecutionContext, launcher: LocalJobLauncher
-    ) -> dg.MaterializeResult:
-        job = launcher.run_training_job(
-            context=context, request=_training_batch_request(store, name)
-        )
-        captured["job"] = job
-        return dg.MaterializeResult(metadata=job.metadata())
-
-    result = dg.materialize([probe], resources={"launcher": launcher, "store": store})
+    result, job = _launch_locally(store, _training_batch_request(store, name), kind="training")
     assert result.success, error_text(result)
-    assert captured["job"].instance_count == 3
-    reported = captured["job"].reported_by_customer()
+    assert job is not None and job.instance_count == 3
+    reported = job.reported_by_customer()
     assert {c: r["host"] for c, r in reported.items()} == EXPECTED_HOST
     assert set(_model_members(store, name)) == {f"{c}/model.json" for c in CUSTOMERS}
     for host in HOSTS:

@@ -1,9 +1,7 @@
 """PipesSageMakerClient against a moto server, with a fake SageMaker whose jobs really run."""
 
-import io
 import logging
 import re
-import tarfile
 import textwrap
 import threading
 import time
@@ -25,7 +23,6 @@ from resources.jobs.requests import (
     JobOutput,
     job_name,
     processing_job_request,
-    training_job_request,
 )
 from resources.jobs.sagemaker import (
     OWNER_ENV,
@@ -167,25 +164,9 @@ def request_for(
 
 
 def training_request_for(store, name: str, script: str = TRAINING_SCRIPT) -> dict:
-    source = script.encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo("train.py")
-        info.size = len(source)
-        tar.addfile(info, io.BytesIO(source))
-    source_uri = store.uri("code", name, "sourcedir.tar.gz")
-    store.write_bytes(source_uri, buffer.getvalue())
-    store.write_bytes(store.uri("data", name, "rows.txt"), b"abc")
-    return training_job_request(
-        name=name,
-        settings=SETTINGS,
-        role_arn=ROLE,
-        program="train.py",
-        source_uri=source_uri,
-        hyperparameters={},
-        channels=[JobInput("train", store.uri("data", name) + "/")],
-        output_uri=store.uri("models"),
-    )
+    from tests.test_fake_sagemaker import training_request
+
+    return training_request(store, name, script, settings=SETTINGS, role_arn=ROLE)
 
 
 def run_asset(
