@@ -88,6 +88,7 @@ GOAL_POOLED = 0.80
 AMBITION_POOLED = 0.70
 GOAL_HOUSEHOLDS = 0.90
 GOAL_MAX_CUSTOMER = 1.0
+GOAL_COVERAGE = (0.70, 0.90)  # P10-P90 intervals holding the actual load this often
 # A seasonal-naive fallback forecast scores exactly naive's WAPE but for float rounding in the
 # files and tables (ratios of 1.000000002 were seen): that is "as good as naive", not worse.
 RATIO_TOLERANCE = 1e-6
@@ -294,8 +295,12 @@ def score_forecast(
     """The published forecast's customer total against the actual load and seasonal naive
     (same hour one week before) on exactly the same hours: those of the forecast's first
     HORIZON_HOURS from ``origin`` that have both an actual and a naive value."""
-    total = forecast.groupby("timestamp")["energy_kwh"].sum()
-    total.index = pd.DatetimeIndex(total.index).tz_convert("UTC")
+    columns = [c for c in ("energy_kwh", "p10_kwh", "p90_kwh") if c in forecast.columns]
+    # Summing the devices' P10 (P90) is exact for one device (every customer here has one);
+    # for several it would be a wider interval than the total's own.
+    totals = forecast.groupby("timestamp")[columns].sum(min_count=1)
+    totals.index = pd.DatetimeIndex(totals.index).tz_convert("UTC")
+    total = totals["energy_kwh"]
     hours = pd.date_range(origin, periods=HORIZON_HOURS, freq="1h")
     naive = actual_hourly.shift(freq=pd.Timedelta(hours=WEEK_HOURS))
     frame = pd.DataFrame(
@@ -307,6 +312,9 @@ def score_forecast(
     )
     missing_forecast = int(frame["forecast"].isna().sum())
     frame = frame.dropna()
+    for bound in ("p10", "p90"):
+        column = f"{bound}_kwh"
+        frame[bound] = totals[column].reindex(frame.index) if column in totals else np.nan
     return {
         "hours_scored": len(frame),
         "hours_without_forecast": missing_forecast,
@@ -315,8 +323,18 @@ def score_forecast(
         "actual_kwh": float(frame["actual"].sum()),
         "model": error_figures(frame["forecast"], frame["actual"]),
         "naive": error_figures(frame["naive"], frame["actual"]),
+        "coverage_p10_p90": interval_coverage(frame),
         "_frame": frame,
     }
+
+
+def interval_coverage(frame: pd.DataFrame) -> float | None:
+    """Share of the scored hours whose actual load lay within the published P10-P90 interval;
+    None when the forecast had no interval."""
+    if frame.empty or frame["p10"].isna().all():
+        return None
+    inside = (frame["actual"] >= frame["p10"]) & (frame["actual"] <= frame["p90"])
+    return float(inside[frame["p10"].notna()].mean())
 
 
 def pooled_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -325,8 +343,15 @@ def pooled_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for row in rows:
         if row.get("error") or row.get("frame") is None:
             continue
-        entry = per_customer.setdefault(row["customer_id"], {"kind": row["kind"], "frames": []})
+        entry = per_customer.setdefault(
+            row["customer_id"],
+            {"kind": row["kind"], "frames": [], "model_kinds": {}, "training_seconds": []},
+        )
         entry["frames"].append(row["frame"])
+        made_by = row.get("model_kind") or "unknown"
+        entry["model_kinds"][made_by] = entry["model_kinds"].get(made_by, 0) + 1
+        if row.get("training_seconds") is not None:
+            entry["training_seconds"].append(row["training_seconds"])
     customers = {}
     for customer, entry in per_customer.items():
         frame = pd.concat(entry["frames"])
@@ -339,8 +364,19 @@ def pooled_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "model": model,
             "naive": naive,
             "wape_ratio": model["wape_pct"] / naive["wape_pct"],
+            "coverage_p10_p90": interval_coverage(frame),
+            "model_kinds": entry["model_kinds"],
+            "mean_training_seconds": statistics.mean(entry["training_seconds"])
+            if entry["training_seconds"]
+            else None,
         }
     ratios = [c["wape_ratio"] for c in customers.values()]
+    frames = [f for e in per_customer.values() for f in e["frames"]]
+    kinds_chosen: dict[str, int] = {}
+    for c in customers.values():
+        for made_by, count in c["model_kinds"].items():
+            kinds_chosen[made_by] = kinds_chosen.get(made_by, 0) + count
+    coverages = [c["coverage_p10_p90"] for c in customers.values() if c["coverage_p10_p90"]]
     kinds: dict[str, list[float]] = {}
     for c in customers.values():
         kinds.setdefault(c["kind"], []).append(c["wape_ratio"])
@@ -350,6 +386,10 @@ def pooled_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "customers": customers,
         "pooled_wape_ratio": pooled,
         "median_wape_ratio": statistics.median(ratios) if ratios else None,
+        # Over every scored hour of every customer, and the mean of the customers' coverages.
+        "coverage_p10_p90_hours": interval_coverage(pd.concat(frames)) if frames else None,
+        "coverage_p10_p90_mean_of_customers": statistics.mean(coverages) if coverages else None,
+        "forecasts_by_model_kind": dict(sorted(kinds_chosen.items())),
         "per_kind": {
             k: {"customers": len(v), "mean_wape_ratio": statistics.mean(v), "max": max(v)}
             for k, v in sorted(kinds.items())
@@ -362,6 +402,10 @@ def pooled_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "pooled_ambition": AMBITION_POOLED,
             "households_at_most": GOAL_HOUSEHOLDS,
             "no_customer_above": GOAL_MAX_CUSTOMER,
+            "coverage_within": GOAL_COVERAGE,
+            "coverage_met": bool(frames)
+            and (cov := interval_coverage(pd.concat(frames))) is not None
+            and GOAL_COVERAGE[0] <= cov <= GOAL_COVERAGE[1],
             "pooled_met": pooled is not None and pooled <= GOAL_POOLED,
             "households_met": bool(households) and statistics.mean(households) <= GOAL_HOUSEHOLDS,
             "no_customer_worse_met": bool(ratios)
@@ -445,6 +489,22 @@ def run_customer(
                 model = _metadata(result, "models/load_forecast_model")
                 row["holdout_wape_ratio"] = model.get("wape_ratio_model_to_baseline")
                 row["holdout_model_wape_pct"] = model.get("model_wape")
+                row["trained_model_kind"] = model.get("model_kind")
+                row["backtest_coverage_p10_p90"] = model.get("coverage_p10_p90")
+                row["candidate_wapes"] = {
+                    k.removesuffix("_wape"): v
+                    for k, v in model.items()
+                    if k.endswith("_wape")
+                    and not k.startswith("candidate_")
+                    and k not in ("model_wape", "baseline_wape")
+                }
+                # The training script's own timings (the step's also include the job around it).
+                row["training_script_seconds"] = model.get("training_seconds")
+                row["fit_seconds"] = {
+                    k.removesuffix("_fit_seconds"): v
+                    for k, v in model.items()
+                    if k.endswith("_fit_seconds")
+                }
                 row["holdout_naive_wape_pct"] = model.get("baseline_wape")
                 row["model_version"] = model.get("model_version")
                 row["approval_status"] = model.get("approval_status")
@@ -465,6 +525,7 @@ def run_customer(
                 row["frame"] = scored.pop("_frame")
                 row.update(scored)
                 row["source"] = published.info.get("source")
+                row["model_kind"] = published.info.get("model_kind")
                 row["forecast_model_version"] = published.info.get("model_version")
                 row["wape_ratio"] = (
                     row["model"]["wape_pct"] / row["naive"]["wape_pct"]
@@ -474,7 +535,8 @@ def run_customer(
                 log(
                     f"  {customer.customer_id} {origin:%Y-%m-%d %a}: published ({row['source']}) "
                     f"WAPE {row['model']['wape_pct']:.2f}% vs naive "
-                    f"{row['naive']['wape_pct']:.2f}% -> {row['wape_ratio']:.3f}; holdout "
+                    f"{row['naive']['wape_pct']:.2f}% -> {row['wape_ratio']:.3f}; "
+                    f"{row['model_kind']}, P10-P90 coverage {row['coverage_p10_p90']}; backtest "
                     f"{row['holdout_wape_ratio']}, {row['approval_status']}, "
                     f"{row['run_seconds']:.0f} s"
                 )
@@ -554,7 +616,9 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
         out.append(
             f"real_load {customer:<14} {c['kind']:<16} WAPE {c['model']['wape_pct']:6.2f}% vs "
             f"naive {c['naive']['wape_pct']:6.2f}% ratio {c['wape_ratio']:.3f} "
-            f"bias {c['model']['bias_pct']:+.1f}% ({c['origins_scored']} origins)"
+            f"bias {c['model']['bias_pct']:+.1f}% ({c['origins_scored']} origins) coverage "
+            f"{c['coverage_p10_p90'] if c['coverage_p10_p90'] is None else round(c['coverage_p10_p90'], 3)} "
+            f"{json.dumps(c['model_kinds'])} training {c['mean_training_seconds'] or 0:.1f} s"
         )
     for kind, k in result["per_kind"].items():
         out.append(
@@ -564,7 +628,9 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     out.append(
         f"real_load pooled ratio {pooled:.3f} (goal <= {GOAL_POOLED}); worse than naive: "
         f"{len(result['customers_worse_than_naive'])} {result['customers_worse_than_naive']}; "
-        f"sources {json.dumps(result['forecast_sources'])}; failed runs {result['runs_failed']}"
+        f"sources {json.dumps(result['forecast_sources'])}; failed runs {result['runs_failed']}; "
+        f"P10-P90 coverage {result['coverage_p10_p90_hours']} (goal {GOAL_COVERAGE}); "
+        f"forecasts by kind {json.dumps(result['forecasts_by_model_kind'])}"
         if pooled is not None
         else f"real_load: nothing scored; failed runs {result['runs_failed']}"
     )

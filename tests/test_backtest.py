@@ -8,6 +8,7 @@ import pytest
 
 from forecast_core.backtest import (
     FOREST,
+    LIGHTGBM,
     NAIVE_DAY,
     NAIVE_WEEK,
     available_origins,
@@ -69,7 +70,7 @@ def test_backtest_frame_naive_candidates_use_only_values_before_each_origin():
     grid = regular_grid(history(values), s)
     at = origins(grid["timestamp"].max(), s, 2)
     forest = {b: pd.Series(np.full(len(grid), float(b)), index=grid.index) for b in s.bucket_steps}
-    frame = backtest_frame(grid, s, at, forest)
+    frame = backtest_frame(grid, s, at, {FOREST: forest})
     assert len(frame) == 2 * 48
     position = ((frame["timestamp"] - grid["timestamp"].min()) / HOUR).astype(int).to_numpy()
     assert frame["actual"].tolist() == (position + 1).tolist()
@@ -86,6 +87,8 @@ def test_backtest_frame_naive_candidates_use_only_values_before_each_origin():
     # The forest's forecast of each step comes from its bucket.
     assert frame.loc[frame["lead_steps"] <= 24, FOREST].eq(24).all()
     assert frame.loc[frame["lead_steps"] > 24, FOREST].eq(48).all()
+    # A kind not fitted is there, unknown: it cannot win by being absent.
+    assert frame[LIGHTGBM].isna().all()
 
 
 def test_backtest_frame_scores_only_hours_every_device_and_both_naives_have():
@@ -96,7 +99,7 @@ def test_backtest_frame_scores_only_hours_every_device_and_both_naives_have():
     grid = regular_grid(pd.concat([history(values), history(b_values, device="b")]), s)
     at = origins(grid["timestamp"].max(), s, 1)
     forest = {b: pd.Series(np.ones(len(grid)), index=grid.index) for b in s.bucket_steps}
-    frame = backtest_frame(grid, s, at, forest)
+    frame = backtest_frame(grid, s, at, {FOREST: forest})
     assert len(frame) == 47
     assert (frame["actual"] == 2.0).all() and (frame[FOREST] == 2.0).all()
 
@@ -117,6 +120,11 @@ def scores(**wapes):
         ({NAIVE_WEEK: 20.0, NAIVE_DAY: 25.0, FOREST: 19.5}, NAIVE_WEEK),
         ({NAIVE_WEEK: 20.0, NAIVE_DAY: 19.0, FOREST: 18.6}, NAIVE_DAY),
         ({NAIVE_WEEK: 20.0, NAIVE_DAY: 19.0, FOREST: 18.0}, FOREST),
+        # LightGBM must beat the forest (or whatever is chosen so far) by the margin too.
+        ({NAIVE_WEEK: 20.0, NAIVE_DAY: 25.0, FOREST: 15.0, LIGHTGBM: 14.8}, FOREST),
+        ({NAIVE_WEEK: 20.0, NAIVE_DAY: 25.0, FOREST: 15.0, LIGHTGBM: 14.0}, LIGHTGBM),
+        ({NAIVE_WEEK: 20.0, NAIVE_DAY: 25.0, FOREST: 21.0, LIGHTGBM: 19.0}, LIGHTGBM),
+        ({NAIVE_WEEK: 20.0, NAIVE_DAY: 25.0, FOREST: 21.0, LIGHTGBM: 19.5}, NAIVE_WEEK),
     ],
 )
 def test_choose_takes_the_lowest_wape(wapes, chosen):

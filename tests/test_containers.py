@@ -6,6 +6,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -20,7 +22,7 @@ import pytest
 
 from forecast_assets.demo_data import DEMO_CUSTOMERS, DemoCustomer, generate_customer_files
 from forecast_core.batch import BatchFailed, BatchFileError, read_batch, run_each
-from forecast_core.features import FeatureSpec
+from forecast_core.features import FEATURE_SPEC_VERSION, FeatureSpec
 from forecast_core.runtime import Report
 from forecast_core.sanity import forecast_problems
 from resources.jobs.code import CONTAINERS_DIR, ENTRY_SCRIPTS, bundle
@@ -201,6 +203,7 @@ def test_preprocessing_output_is_regular_hourly_and_canonical(pipeline):
 def test_training_writes_sagemaker_model_layout_and_metrics(pipeline):
     assert sorted(p.name for p in pipeline["model"].iterdir()) == [
         "feature_spec.json",
+        "intervals.json",
         "metrics.json",
         "model.joblib",
         "normalization.json",
@@ -210,10 +213,21 @@ def test_training_writes_sagemaker_model_layout_and_metrics(pipeline):
         assert set(metrics[block]) >= {"mae", "rmse", "mape", "wape", "r2"}
     assert set(metrics["candidates"]) == {
         "forest",
+        "lightgbm",
         "seasonal_naive_week",
         "seasonal_naive_day",
     }
     assert metrics["model"] == metrics["candidates"][metrics["model_kind"]]
+    # The interval table saved with the model is the chosen kind's, one per horizon bucket,
+    # and its coverage was measured on origins whose intervals saw only earlier errors.
+    table = json.loads((pipeline["model"] / "intervals.json").read_text())
+    assert table == metrics["intervals"]
+    assert table["kind"] == metrics["model_kind"]
+    assert set(table["quantiles"]) == {"24", "48"}  # 48 h of hourly steps: two day buckets
+    assert all(q["q10"] <= q["q90"] for q in table["quantiles"].values())
+    assert 0.5 <= table["coverage_p10_p90_out_of_sample"] <= 1.0
+    assert table["coverage_origins"] == 14 - 5  # the first five have too few earlier errors
+    assert set(metrics["candidates_coverage_p10_p90_out_of_sample"]) == set(metrics["candidates"])
     assert metrics["baseline_seasonal_naive"] == metrics["candidates"]["seasonal_naive_week"]
     assert metrics["backtest_origins"] == 14  # TRAIN_HPS
     assert metrics["backtest_hours"] > 24 * 10
@@ -224,6 +238,7 @@ def test_training_writes_sagemaker_model_layout_and_metrics(pipeline):
         "lead_steps",
         "actual",
         "forest",
+        "lightgbm",
         "seasonal_naive_week",
         "seasonal_naive_day",
         "forecast",
@@ -247,12 +262,22 @@ def test_inference_forecasts_the_requested_horizon_after_the_last_reading(pipeli
         "timestamp",
         "device_id",
         "energy_kwh",
+        "p10_kwh",
+        "p90_kwh",
+        "model_kind",
         "model_version",
         "source",
         "issued_at",
     ]
+    assert (forecast["p10_kwh"] <= forecast["energy_kwh"]).all()
+    assert (forecast["energy_kwh"] <= forecast["p90_kwh"]).all()
+    assert (forecast["p90_kwh"] > forecast["p10_kwh"]).mean() > 0.9  # a real interval
+    metrics = json.loads((pipeline["model"] / "metrics.json").read_text())
+    assert set(forecast["model_kind"]) == {metrics["model_kind"]}
     report = reports(pipeline["stdout"]["inference"])["report"]
     assert (report["model_version"], report["source"]) == ("v1", "newest")
+    assert report["model_kind"] == metrics["model_kind"]
+    assert report["interval_method"] == metrics["intervals"]["method"]
 
 
 def test_preprocessing_refuses_a_file_changed_after_validation(tmp_path):
@@ -448,6 +473,8 @@ def test_batch_reports_each_customer_as_single_mode_reports_it(pipeline, batch_p
     same = batch[f"report[{CUSTOMER.customer_id}]"]
     assert same.keys() == single["report"].keys()
     for key, value in single["report"].items():
+        if key.endswith("_seconds"):  # timings differ from run to run
+            continue
         assert same[key] == (pytest.approx(value) if isinstance(value, float) else value), key
     assert batch[f"report[{OTHER.customer_id}]"].keys() == single["report"].keys()
 
@@ -501,6 +528,16 @@ def test_batch_training_writes_each_customer_as_single_mode(pipeline, batch_pipe
         assert batch_scores.keys() == single_scores.keys()
         for name, scores in batch_scores.items():
             assert scores == pytest.approx(single_scores[name])
+        del batch_metrics["fit_seconds"], single_metrics["fit_seconds"]  # timings differ
+        batch_table, single_table = batch_metrics.pop("intervals"), single_metrics.pop("intervals")
+        batch_quantiles, single_quantiles = (
+            batch_table.pop("quantiles"),
+            single_table.pop("quantiles"),
+        )
+        assert batch_table == pytest.approx(single_table)
+        assert batch_quantiles.keys() == single_quantiles.keys()
+        for bucket, quantiles in batch_quantiles.items():
+            assert quantiles == pytest.approx(single_quantiles[bucket])
         assert batch_metrics == single_metrics
     pd.testing.assert_frame_equal(
         pd.read_csv(data / same / "backtest.csv"),
@@ -740,7 +777,17 @@ def test_run_each_without_failures_returns(capsys):
 
 # Where a forecast comes from: its source, and the seasonal-naive fallback -----------------------
 
-SOURCE_COLUMNS = ["timestamp", "device_id", "energy_kwh", "model_version", "source", "issued_at"]
+SOURCE_COLUMNS = [
+    "timestamp",
+    "device_id",
+    "energy_kwh",
+    "p10_kwh",
+    "p90_kwh",
+    "model_kind",
+    "model_version",
+    "source",
+    "issued_at",
+]
 
 
 @pytest.mark.parametrize(
@@ -798,6 +845,15 @@ def test_fallback_forecasts_the_same_time_last_week_without_a_model(pipeline, tm
     assert forecast["energy_kwh"].notna().all()
     assert set(forecast["model_version"]) == {"seasonal-naive"}
     assert set(forecast["source"]) == {"seasonal_naive_fallback"}
+    assert set(forecast["model_kind"]) == {"seasonal_naive_week"}
+    # Its interval comes from the errors seasonal naive made in the history.
+    assert (forecast["p10_kwh"] <= forecast["energy_kwh"]).all()
+    assert (forecast["energy_kwh"] <= forecast["p90_kwh"]).all()
+    assert (forecast["p90_kwh"] > forecast["p10_kwh"]).mean() > 0.9
+    assert (
+        "seasonal_naive_week from 28 daily origins in the history"
+        in (reports(proc.stdout)["report"]["interval_method"])
+    )
     assert set(forecast["issued_at"]) == {pd.Timestamp(ISSUED_AT)}
     # Where last week's value is known, it is the forecast, as the gate's baseline has it.
     week_ago = history.assign(timestamp=history["timestamp"] + pd.Timedelta(days=7))
@@ -1002,7 +1058,7 @@ def test_inference_clips_negatives_but_leaves_an_absurd_forecast_visible(
     spec = FeatureSpec.from_json((pipeline["model"] / "feature_spec.json").read_text())
     scales = json.loads((pipeline["model"] / "normalization.json").read_text())["scale_kwh"]
     absurd = {"kind": "forest", "forests": {b: AbsurdModel() for b in spec.bucket_steps}}
-    monkeypatch.setattr(predict, "load_model", lambda *_: (absurd, spec, scales))
+    monkeypatch.setattr(predict, "load_model", lambda *_: (absurd, spec, scales, None))
     predict.predict(
         CUSTOMER.customer_id,
         "v9",
@@ -1033,7 +1089,7 @@ def test_inference_forecasts_a_naive_model_version_as_seasonal_naive(
     spec = FeatureSpec.from_json((pipeline["model"] / "feature_spec.json").read_text())
     scales = json.loads((pipeline["model"] / "normalization.json").read_text())["scale_kwh"]
     naive = {"kind": kind, "forests": {}}
-    monkeypatch.setattr(predict, "load_model", lambda *_: (naive, spec, scales))
+    monkeypatch.setattr(predict, "load_model", lambda *_: (naive, spec, scales, None))
     report = predict.predict(
         CUSTOMER.customer_id,
         "v7",
@@ -1053,3 +1109,72 @@ def test_inference_forecasts_a_naive_model_version_as_seasonal_naive(
         lead_days = -(-(row.timestamp - last) // pd.Timedelta(days=1))
         back = pd.Timedelta(days=days_back * (lead_days if days_back == 1 else 1))
         assert row.energy_kwh == pytest.approx(max(known[(row.device_id, row.timestamp - back)], 0))
+
+
+def test_inference_forecasts_a_model_of_an_older_feature_spec_by_seasonal_naive(pipeline, tmp_path):
+    """A code upgrade that changes the features must not leave a customer without a forecast:
+    the old model is set aside, seasonal naive forecasts instead, and the job says so."""
+    predict = load_script("inference")
+    old = tmp_path / "old-model"
+    shutil.copytree(pipeline["model"], old)
+    spec = json.loads((old / "feature_spec.json").read_text())
+    spec["version"] = FEATURE_SPEC_VERSION - 1
+    (old / "feature_spec.json").write_text(json.dumps(spec))
+    pack_model(old, tmp_path / "model" / "model.tar.gz")
+    lines: list[str] = []
+    report = predict.predict(
+        CUSTOMER.customer_id,
+        "v-old",
+        tmp_path / "model",
+        pipeline["preprocessed"],
+        tmp_path / "out",
+        48.0,
+        pd.Timestamp(ISSUED_AT),
+        log=lines.append,
+    )
+    forecast = pd.read_parquet(tmp_path / "out" / "forecast.parquet")
+    assert len(forecast) == 48 * CUSTOMER.devices
+    assert set(forecast["source"]) == {"seasonal_naive_fallback"}
+    assert set(forecast["model_kind"]) == {"seasonal_naive_week"}
+    assert (report["source"], report["skipped_model_version"]) == (
+        "seasonal_naive_fallback",
+        "v-old",
+    )
+    assert lines == [f"customer '{CUSTOMER.customer_id}': {report['fallback_reason']}"]
+    assert f"model v-old was saved with feature spec version {FEATURE_SPEC_VERSION - 1}" in lines[0]
+    # The same forecast as the fallback's own.
+    fallback = predict.predict_fallback(
+        CUSTOMER.customer_id,
+        pipeline["preprocessed"],
+        tmp_path / "fb",
+        48.0,
+        pd.Timestamp(ISSUED_AT),
+    )
+    assert fallback["total_kwh"] == report["total_kwh"]
+    pd.testing.assert_frame_equal(forecast, pd.read_parquet(tmp_path / "fb" / "forecast.parquet"))
+
+
+def test_training_logs_its_progress_as_it_goes(pipeline):
+    """The run page is not silent while a customer trains: each stage says what it did, for
+    whom, and how long the training has taken so far."""
+    lines = [
+        line
+        for line in pipeline["stdout"]["training"].splitlines()
+        if line.startswith(f"customer '{CUSTOMER.customer_id}': ")
+    ]
+    metrics = json.loads((pipeline["model"] / "metrics.json").read_text())
+    expected = [
+        f"rows, {CUSTOMER.devices} device(s); backtest of 14 daily origins",
+        "features built for 2 horizon bucket(s)",
+        "forest fitted on",
+        "lightgbm fitted on",
+        f": {metrics['model_kind']} chosen",
+        "P10-P90 coverage out of sample",
+        *(["refitted on all"] if metrics["refit_full"] else []),
+        "model written",
+    ]
+    assert len(lines) == len(expected)
+    for line, part in zip(lines, expected, strict=True):
+        assert part in line, line
+        assert re.search(r"\(\d+\.\d s\)$", line), line
+    assert f"forest {metrics['candidates']['forest']['wape']:.2f} %" in lines[4]

@@ -199,6 +199,35 @@ def test_scoring_compares_model_and_naive_on_the_same_hours():
     assert ratio == pytest.approx(scored["model"]["wape_pct"] / scored["naive"]["wape_pct"])
     assert pooled["pooled_wape_ratio"] == pytest.approx(ratio)
     assert pooled["customers_worse_than_naive"] == (["x"] if ratio > 1 else [])
+    # A forecast without intervals has no coverage to report.
+    assert scored["coverage_p10_p90"] is None and pooled["coverage_p10_p90_hours"] is None
+
+
+def test_coverage_counts_the_hours_inside_the_published_interval():
+    hours = pd.date_range("2016-05-01", periods=24 * 14, freq="1h", tz="UTC")
+    # Within 9.5-10.5 kWh, and not weekly, so naive has errors too.
+    actual = pd.Series(10.0 + 0.5 * np.sin(np.arange(len(hours)) * 0.1), index=hours)
+    origin = hours[-48]
+    forecast = pd.DataFrame(
+        {
+            "timestamp": hours[-48:],
+            "device_id": "d",
+            "energy_kwh": 10.0,
+            "p10_kwh": [9.0] * 36 + [10.6] * 12,  # the last 12 hours' interval misses
+            "p90_kwh": 11.0,
+        }
+    )
+    scored = score_forecast(forecast, actual, origin)
+    assert scored["coverage_p10_p90"] == pytest.approx(36 / 48)
+    rows = [
+        {"customer_id": "x", "kind": "household", "frame": scored["_frame"], "model_kind": k}
+        for k in ("forest", "lightgbm")
+    ]
+    pooled = pooled_figures(rows)
+    assert pooled["coverage_p10_p90_hours"] == pytest.approx(36 / 48)
+    assert pooled["customers"]["x"]["model_kinds"] == {"forest": 1, "lightgbm": 1}
+    assert pooled["forecasts_by_model_kind"] == {"forest": 1, "lightgbm": 1}
+    assert pooled["goals"]["coverage_met"] is True  # 75 % is within 70-90 %
 
 
 def _simbench_wheel() -> Path:

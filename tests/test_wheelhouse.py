@@ -192,7 +192,9 @@ def test_the_training_image_runs_the_code_it_is_sent():
 @pytest.mark.parametrize("job", JOB_NAMES)
 def test_wheel_requirements_are_what_the_prebuilt_image_lacks(job: str):
     wheels = job_code.wheel_requirements(job)  # type: ignore[arg-type]
-    assert wheels == ("dagster-pipes==1.13.27", "holidays==0.109")
+    # Training and inference also need LightGBM (a backtest candidate, and its models' forecasts).
+    lightgbm = ("lightgbm==4.7.0",) if job in ("training", "inference") else ()
+    assert wheels == ("dagster-pipes==1.13.27", "holidays==0.109", *lightgbm)
     pins = job_code.pinned_requirements(CONTAINERS / job / "requirements.txt")
     assert set(wheels) == {
         line for name, line in pins.items() if name not in job_code.PREBUILT_IMAGE_PACKAGES
@@ -306,17 +308,23 @@ def test_a_wheelhouse_is_downloaded_once_for_the_image_and_reused(tmp_path: Path
     # Dependencies are pinned by the job's own requirements (the lock's versions).
     constraints = args[args.index("--constraint") + 1]
     assert constraints.startswith(str(tmp_path))
-    assert args[-2:] == ["dagster-pipes==1.13.27", "holidays==0.109"]
+    assert args[-3:] == ["dagster-pipes==1.13.27", "holidays==0.109", "lightgbm==4.7.0"]
     assert sorted(house.files) == [
         "dagster_pipes-1.13.27-py3-none-any.whl",
         "holidays-0.109-py3-none-any.whl",
+        "lightgbm-4.7.0-py3-none-any.whl",
     ]
     assert [p.name for p in tmp_path.iterdir()] == [house.directory.name]  # no leftovers
-    # Every job needs the same: one folder, and no second download.
-    for job in JOB_NAMES:
-        again = job_code.prebuilt_image_wheelhouse(job, cache_dir=tmp_path, pip=pip)
-        assert again == house
+    # Inference needs the same: one folder, and no second download.
+    again = job_code.prebuilt_image_wheelhouse("inference", cache_dir=tmp_path, pip=pip)
+    assert again == house
     assert len(pip.calls) == 1
+    # Preprocessing needs no LightGBM: a wheelhouse of its own, downloaded once too.
+    for _ in range(2):
+        other = job_code.prebuilt_image_wheelhouse("preprocessing", cache_dir=tmp_path, pip=pip)
+    assert other.directory != house.directory
+    assert "lightgbm-4.7.0-py3-none-any.whl" not in other.files
+    assert len(pip.calls) == 2
 
 
 def test_the_folder_follows_the_request_and_the_digest_the_wheels(tmp_path: Path):

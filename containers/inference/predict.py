@@ -6,7 +6,8 @@ Inputs (ProcessingInputs):
   /opt/ml/processing/input/history   load.parquet, the preprocessed load table
 Output (ProcessingOutput):
   /opt/ml/processing/output/forecast/forecast.parquet
-      timestamp, device_id, energy_kwh, model_version, source, issued_at
+      timestamp, device_id, energy_kwh (= P50, the point forecast), p10_kwh, p90_kwh,
+      model_kind, model_version, source, issued_at
 
 ``source`` says where the forecast comes from, as the caller chose it: ``newest`` (the newest
 model, which is approved), ``previous_approved`` (an older approved model, because the newest
@@ -39,6 +40,18 @@ forest per horizon bucket, each step forecast by its bucket's forest from the sa
 training built), or ``seasonal_naive_week`` / ``seasonal_naive_day``, which forecast as
 :func:`seasonal_naive_forecast` does with a week or a day.
 
+A model saved with a feature spec of another version (code upgraded since it was trained) cannot
+rebuild its inputs: the customer is then forecast by seasonal naive (same time last week), with
+source ``seasonal_naive_fallback``, a ``fallback_reason`` naming the model version, and a log
+line, so an upgrade never leaves a customer without a forecast.
+
+Every forecast carries a P10-P90 interval (``forecast_core.intervals``): ``p10_kwh`` and
+``p90_kwh`` around ``energy_kwh``, from the error quantiles its model saved (``intervals.json``),
+or, for a forecast without a usable model (the fallback, or a model saved without intervals),
+from the errors seasonal naive would have made from daily origins in the customer's history.
+With no such error at all (under a week and a horizon of history) the interval is 0 to the
+meter's largest reading, and the report says so (``interval_method``).
+
 Negative forecasts are set to 0 (energy drawn is never negative); nothing else is clipped, so
 an absurd model shows as absurd values for the publishing side's checks to reject.
 """
@@ -50,6 +63,7 @@ import json
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,11 +74,18 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # forecast_core ships beside this script
 
-from forecast_core import runtime
-from forecast_core.backtest import FOREST, NAIVE_SEASONS
+from forecast_core import intervals, runtime
+from forecast_core.backtest import MODEL_KINDS, NAIVE_SEASONS, NAIVE_WEEK
 from forecast_core.batch import BatchFileError, read_batch, run_each
-from forecast_core.features import FeatureSpec, bucket_for_lead, build_features, regular_grid
+from forecast_core.features import (
+    FeatureSpec,
+    FeatureSpecVersionError,
+    bucket_for_lead,
+    build_features,
+    regular_grid,
+)
 from forecast_core.metrics import ONE_WEEK, seasonal_naive
+from forecast_core.sanity import historical_maxima
 
 PROCESSING = Path("/opt/ml/processing")
 
@@ -152,6 +173,9 @@ def batch_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def load_model(model_dir: Path, workdir: Path, customer: str):
+    """The model, its feature spec, normalization scales and interval table (None if it was
+    saved without one). Raises FeatureSpecVersionError, before loading anything else, for a
+    model of another feature-spec version."""
     archive = model_dir / "model.tar.gz"
     if not archive.exists():
         raise InferenceInputError(f"customer '{customer}': no model.tar.gz in {model_dir}")
@@ -160,7 +184,9 @@ def load_model(model_dir: Path, workdir: Path, customer: str):
     spec = FeatureSpec.from_json((workdir / "feature_spec.json").read_text())
     scales = json.loads((workdir / "normalization.json").read_text())["scale_kwh"]
     model = joblib.load(workdir / "model.joblib")
-    return model, spec, scales
+    table = workdir / "intervals.json"
+    interval_table = json.loads(table.read_text()) if table.exists() else None
+    return model, spec, scales, interval_table
 
 
 def issue_time(issued_at: str | None) -> pd.Timestamp:
@@ -200,20 +226,57 @@ def predict(
     horizon_hours: float | None,
     issued_at: pd.Timestamp,
     source: str = NEWEST,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Forecast one customer with its model into ``output_dir``/forecast.parquet; returns the
     metadata to report."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model, spec, scales = load_model(model_dir, Path(tmp), customer)
     history = read_history(customer, history_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            model, spec, scales, interval_table = load_model(model_dir, Path(tmp), customer)
+        except FeatureSpecVersionError as exc:
+            reason = (
+                f"model {model_version} was saved with feature spec version {exc.found}, which "
+                "this code cannot rebuild; forecast by seasonal naive (same time last week) "
+                "instead until the customer is retrained"
+            )
+            log(f"customer '{customer}': {reason}")
+            if horizon_hours is None:  # the model's own horizon, as far as its old spec says
+                raw = json.loads((Path(tmp) / "feature_spec.json").read_text())
+                horizon_hours = raw["horizon_steps"] * raw["resolution_minutes"] / 60.0
+            report = forecast_without_model(customer, history, output_dir, horizon_hours, issued_at)
+            return {**report, "fallback_reason": reason, "skipped_model_version": model_version}
     hours, steps = horizon(customer, spec, horizon_hours)
     kind = model["kind"]
     if kind in NAIVE_SEASONS:
         forecast, hours = naive_forecast(customer, history, hours, NAIVE_SEASONS[kind])
-        report = write_forecast(forecast, output_dir, hours, model_version, source, issued_at)
-        return {**report, "model_kind": kind}
-    if kind != FOREST:
+    elif kind in MODEL_KINDS:
+        forecast = model_forecast(customer, model, spec, scales, history, steps)
+    else:
         raise InferenceInputError(f"customer '{customer}': unknown model kind {kind!r}")
+    if interval_table is not None and interval_table.get("quantiles"):
+        method = str(interval_table["method"])
+        quantiles = interval_table["quantiles"]
+    else:
+        # Saved before models carried intervals: seasonal naive's errors are the honest stand-in.
+        method, quantiles = history_quantiles(customer, history, steps, NAIVE_WEEK)
+    forecast = with_intervals(customer, forecast, history, quantiles)
+    report = write_forecast(forecast, output_dir, hours, model_version, source, issued_at, kind)
+    return {**report, "interval_method": method}
+
+
+def model_forecast(
+    customer: str,
+    model: dict[str, Any],
+    spec: FeatureSpec,
+    scales: dict[str, float],
+    history: pd.DataFrame,
+    steps: int,
+) -> pd.DataFrame:
+    """The ``steps`` after the last reading from a bucket model (forest or LightGBM): each step
+    by its bucket's model from the same features training built."""
+    # Models trained before LightGBM was a candidate saved their forests under "forests".
+    per_bucket = model.get("models", model.get("forests", {}))
     resolution = spec.resolution
     last = history.loc[history["energy_kwh"].notna(), "timestamp"].max()
     until = last + steps * resolution
@@ -229,18 +292,82 @@ def predict(
             raise InferenceInputError(f"customer '{customer}': {exc}") from exc
         rows = bucket == b
         X = design.features[future][rows]
-        predicted[rows] = model["forests"][int(b)].predict(X) * design.kwh_per_unit[future][rows]
+        predicted[rows] = per_bucket[int(b)].predict(X) * design.kwh_per_unit[future][rows]
     # Only below: an absurdly high forecast must stay visible to the checks before publishing.
     energy = np.clip(predicted, 0.0, None)
-    forecast = pd.DataFrame(
+    return pd.DataFrame(
         {
             "timestamp": grid.loc[future, "timestamp"].to_numpy(),
             "device_id": grid.loc[future, "device_id"].to_numpy(),
             "energy_kwh": energy,
         }
     )
-    report = write_forecast(forecast, output_dir, hours, model_version, source, issued_at)
-    return {**report, "model_kind": kind}
+
+
+def history_quantiles(
+    customer: str, history: pd.DataFrame, steps: int, candidate: str
+) -> tuple[str, dict[str, Any]]:
+    """Interval quantiles from the errors ``candidate`` (a seasonal naive) would have made in
+    the customer's history; the method's description and the table (empty if none)."""
+    resolution = data_resolution(customer, history)
+    table = intervals.naive_history_intervals(history, resolution, steps, candidate)
+    if not table["quantiles"]:
+        return NO_ERRORS_METHOD, {}
+    origins = table["history_origins"]
+    return f"{table['method']}, of {candidate} from {origins} daily origins in the history", table[
+        "quantiles"
+    ]
+
+
+NO_ERRORS_METHOD = (
+    "no backtest errors to estimate from (history under a week and a horizon): "
+    "0 to the meter's largest reading"
+)
+
+
+def with_intervals(
+    customer: str, forecast: pd.DataFrame, history: pd.DataFrame, quantiles: dict[str, Any]
+) -> pd.DataFrame:
+    """``forecast`` with ``p10_kwh`` and ``p90_kwh`` (see ``forecast_core.intervals``); each
+    device's interval scaled by its own level over the week before its last reading."""
+    if forecast.empty:
+        return forecast.assign(p10_kwh=np.nan, p90_kwh=np.nan)
+    timestamps = pd.DatetimeIndex(pd.to_datetime(forecast["timestamp"], utc=True))
+    resolution = data_resolution(customer, history)
+    first = timestamps.min()
+    steps_ahead = np.rint((timestamps - first) / resolution).astype(int) + 1
+    devices = forecast["device_id"].astype(str)
+    energy = forecast["energy_kwh"].to_numpy(dtype=float)
+    if not quantiles:
+        maxima = historical_maxima(history)
+        top = devices.map(maxima).fillna(0.0).to_numpy(dtype=float)
+        return forecast.assign(p10_kwh=0.0, p90_kwh=np.maximum(top, energy))
+    level = devices.map(intervals.device_levels(history)).fillna(0.0).to_numpy(dtype=float)
+    p10, p90 = intervals.apply(energy, level, np.asarray(steps_ahead), quantiles)
+    return forecast.assign(p10_kwh=p10, p90_kwh=p90)
+
+
+def forecast_without_model(
+    customer: str,
+    history: pd.DataFrame,
+    output_dir: Path,
+    horizon_hours: float | None,
+    issued_at: pd.Timestamp,
+) -> dict[str, Any]:
+    """The seasonal-naive fallback (same time last week) with its intervals, written as the
+    customer's forecast; returns the metadata to report."""
+    if horizon_hours is None:
+        raise InferenceInputError(
+            f"customer '{customer}': the seasonal-naive fallback needs --horizon-hours"
+        )
+    forecast, hours = naive_forecast(customer, history, horizon_hours, ONE_WEEK)
+    steps = int(forecast.groupby("device_id").size().max())
+    method, quantiles = history_quantiles(customer, history, steps, NAIVE_WEEK)
+    forecast = with_intervals(customer, forecast, history, quantiles)
+    report = write_forecast(
+        forecast, output_dir, hours, FALLBACK_MODEL_VERSION, FALLBACK, issued_at, NAIVE_WEEK
+    )
+    return {**report, "interval_method": method}
 
 
 def predict_fallback(
@@ -252,13 +379,8 @@ def predict_fallback(
 ) -> dict[str, Any]:
     """Forecast one customer without a model (see the module docstring) into
     ``output_dir``/forecast.parquet; returns the metadata to report."""
-    if horizon_hours is None:
-        raise InferenceInputError(
-            f"customer '{customer}': the seasonal-naive fallback needs --horizon-hours"
-        )
     history = read_history(customer, history_dir)
-    forecast, hours = naive_forecast(customer, history, horizon_hours, ONE_WEEK)
-    return write_forecast(forecast, output_dir, hours, FALLBACK_MODEL_VERSION, FALLBACK, issued_at)
+    return forecast_without_model(customer, history, output_dir, horizon_hours, issued_at)
 
 
 def naive_forecast(
@@ -377,10 +499,13 @@ def write_forecast(
     model_version: str,
     source: str,
     issued_at: pd.Timestamp,
+    model_kind: str,
 ) -> dict[str, Any]:
-    """Write ``forecast`` (timestamp, device_id, energy_kwh) with where it comes from; return the
-    metadata to report."""
-    forecast = forecast.assign(model_version=model_version, source=source, issued_at=issued_at)
+    """Write ``forecast`` (timestamp, device_id, energy_kwh, p10_kwh, p90_kwh) with the model
+    that made it and where it comes from; return the metadata to report."""
+    forecast = forecast.assign(
+        model_kind=model_kind, model_version=model_version, source=source, issued_at=issued_at
+    )
     forecast["timestamp"] = pd.to_datetime(forecast["timestamp"], utc=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     forecast.to_parquet(output_dir / "forecast.parquet", index=False)
@@ -391,6 +516,9 @@ def write_forecast(
         "end": forecast["timestamp"].max().isoformat(),
         "horizon_hours": float(hours),
         "total_kwh": round(float(forecast["energy_kwh"].sum()), 3),
+        "total_p10_kwh": round(float(forecast["p10_kwh"].sum()), 3),
+        "total_p90_kwh": round(float(forecast["p90_kwh"].sum()), 3),
+        "model_kind": model_kind,
         "model_version": model_version,
         "source": source,
     }
@@ -418,6 +546,7 @@ def main(report: runtime.Report, argv: list[str] | None = None) -> None:
             args.horizon_hours,
             issued_at,
             source,
+            report.log,
         )
 
     if args.batch is None:

@@ -6,7 +6,8 @@ next real forecast will start (its last reading + one step), the last one as lat
 leaves a whole horizon of actuals, going back ``count`` days. From each origin every candidate
 forecasts the next ``horizon`` steps using only values before the origin:
 
-- ``forest``: the bucket models (see ``forecast_core.features``), each step from the bucket its
+- ``forest`` (random forests) and ``lightgbm`` (gradient-boosted trees, LightGBM): bucket
+  models on the same features (see ``forecast_core.features``), each step from the bucket its
   distance to the origin falls in, so its features end at or before the origin;
 - ``seasonal_naive_week``: the same time one week earlier (the gate's baseline);
 - ``seasonal_naive_day``: the same time on the last day before the origin (for a step in the
@@ -26,10 +27,14 @@ import pandas as pd
 from forecast_core.features import FeatureSpec, bucket_for_lead
 
 FOREST = "forest"
+LIGHTGBM = "lightgbm"
 NAIVE_WEEK = "seasonal_naive_week"
 NAIVE_DAY = "seasonal_naive_day"
-# The order breaks ties: the simpler forecast wins an exact tie.
-CANDIDATES = (NAIVE_WEEK, NAIVE_DAY, FOREST)
+# From simpler to more complex: the order breaks ties (the simpler forecast wins an exact tie)
+# and sets whom a candidate must beat by the margin.
+CANDIDATES = (NAIVE_WEEK, NAIVE_DAY, FOREST, LIGHTGBM)
+# The candidates fitted per horizon bucket on the features.
+MODEL_KINDS = (FOREST, LIGHTGBM)
 NAIVE_SEASONS = {NAIVE_WEEK: pd.Timedelta(days=7), NAIVE_DAY: pd.Timedelta(days=1)}
 
 ONE_DAY = pd.Timedelta(days=1)
@@ -66,18 +71,21 @@ def backtest_frame(
     grid: pd.DataFrame,
     spec: FeatureSpec,
     at: pd.DatetimeIndex,
-    forest_kwh: Mapping[int, pd.Series],
+    models_kwh: Mapping[str, Mapping[int, pd.Series]],
 ) -> pd.DataFrame:
     """One row per (origin, step): actual total load and each candidate's forecast.
 
-    ``forest_kwh`` maps each bucket to the forest's forecast in kWh per row of ``grid`` (index
-    aligned with it), made from that bucket's features; only rows at or after the first origin
-    are read.
+    ``models_kwh`` maps a fitted kind (``forest``, ``lightgbm``) to its forecast per bucket, in
+    kWh per row of ``grid`` (index aligned with it), made from that bucket's features; only rows
+    at or after the first origin are read. A kind of :data:`MODEL_KINDS` not given is NaN.
     """
     actual = total_load(grid)
-    forest_total = {
-        b: total_load(grid.assign(_forecast=values.to_numpy()), "_forecast")
-        for b, values in forest_kwh.items()
+    model_total = {
+        kind: {
+            b: total_load(grid.assign(_forecast=values.to_numpy()), "_forecast")
+            for b, values in per_bucket.items()
+        }
+        for kind, per_bucket in models_kwh.items()
     }
     lead = np.arange(1, spec.horizon_steps + 1)
     bucket = bucket_for_lead(spec, lead)
@@ -85,10 +93,12 @@ def backtest_frame(
     parts = []
     for origin in at:
         times = origin + pd.to_timedelta((lead - 1) * spec.resolution_minutes, unit="min")
-        forest = np.full(len(lead), np.nan)
-        for b, total in forest_total.items():
-            mask = bucket == b
-            forest[mask] = total.reindex(times[mask]).to_numpy()
+        fitted = {}
+        for kind in MODEL_KINDS:
+            fitted[kind] = np.full(len(lead), np.nan)
+            for b, total in model_total.get(kind, {}).items():
+                mask = bucket == b
+                fitted[kind][mask] = total.reindex(times[mask]).to_numpy()
         parts.append(
             pd.DataFrame(
                 {
@@ -96,7 +106,7 @@ def backtest_frame(
                     "timestamp": times,
                     "lead_steps": lead,
                     "actual": actual.reindex(times).to_numpy(),
-                    FOREST: forest,
+                    **fitted,
                     NAIVE_WEEK: actual.reindex(times - pd.Timedelta(days=7)).to_numpy(),
                     NAIVE_DAY: actual.reindex(
                         times - pd.to_timedelta(days_back, unit="D")

@@ -58,6 +58,18 @@ CALENDAR_FEATURES = (
 )
 
 
+class FeatureSpecVersionError(ValueError):
+    """A saved feature spec from another version of this code: its model's inputs cannot be
+    rebuilt. ``found`` is the version it was saved with."""
+
+    def __init__(self, found: object):
+        self.found = found
+        super().__init__(
+            f"feature spec version {found} is not {FEATURE_SPEC_VERSION}; "
+            "retrain the model with this code"
+        )
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Everything needed to rebuild the model's inputs; saved inside ``model.tar.gz``.
@@ -104,10 +116,7 @@ class FeatureSpec:
     def from_json(cls, text: str) -> FeatureSpec:
         raw = json.loads(text)
         if raw.get("version") != FEATURE_SPEC_VERSION:
-            raise ValueError(
-                f"feature spec version {raw.get('version')} is not {FEATURE_SPEC_VERSION}; "
-                "retrain the model with this code"
-            )
+            raise FeatureSpecVersionError(raw.get("version"))
         raw["bucket_steps"] = tuple(raw["bucket_steps"])
         return cls(**raw)
 
@@ -115,7 +124,7 @@ class FeatureSpec:
 def make_feature_spec(
     *,
     resolution: pd.Timedelta,
-    horizon_hours: int,
+    horizon_hours: float,
     timezone: str,
     holiday_country: str,
     devices: list[str],

@@ -37,7 +37,9 @@ def forecast_problems(
     - a forecast device has no known reading in the history (nothing to judge it by);
     - a value is NaN or infinite;
     - a value is negative;
-    - a value is above ``max_multiple`` × the device's own largest known reading per interval.
+    - a value is above ``max_multiple`` × the device's own largest known reading per interval;
+    - where the forecast has an interval (``p10_kwh``, ``p90_kwh``): a bound that is not finite,
+      or not ``0 <= p10_kwh <= energy_kwh <= p90_kwh``.
 
     Each value line names the device, the time and the value. At most ``max_lines`` lines come
     back; if there are more, the last line says ``"and N more"``.
@@ -73,8 +75,27 @@ def forecast_problems(
         for i in order[mask[order]]:
             yield f"device '{devices[i]}' at {times[i].isoformat()}: {text(i)}"
 
+    if {"p10_kwh", "p90_kwh"} <= set(forecast.columns):
+        p10 = pd.to_numeric(forecast["p10_kwh"], errors="coerce").to_numpy(dtype=float)
+        p90 = pd.to_numeric(forecast["p90_kwh"], errors="coerce").to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            # A float's rounding is not a disorder worth refusing a forecast for.
+            slack = 1e-9 * np.maximum(np.abs(values), 1.0)
+            bad_interval = finite & ~(
+                np.isfinite(p10)
+                & np.isfinite(p90)
+                & (p10 >= 0)
+                & (p10 <= values + slack)
+                & (values <= p90 + slack)
+            )
+    else:
+        p10 = p90 = np.full(len(values), np.nan)
+        bad_interval = np.zeros(len(values), dtype=bool)
+
     # Only the lines that will be shown are formatted; the rest are counted.
-    total = len(problems) + int((~finite).sum() + negative.sum() + too_high.sum())
+    total = len(problems) + int(
+        (~finite).sum() + negative.sum() + too_high.sum() + bad_interval.sum()
+    )
     shown = max_lines if total <= max_lines else max_lines - 1
     every = itertools.chain(
         problems,
@@ -85,6 +106,13 @@ def forecast_problems(
             lambda i: (
                 f"{values[i]:.4g} kWh is above {max_multiple:g} × the device's largest reading "
                 f"of {device_max[i]:.4g} kWh per interval"
+            ),
+        ),
+        lines(
+            bad_interval,
+            lambda i: (
+                f"interval P10 {p10[i]:.4g} .. P90 {p90[i]:.4g} kWh does not hold "
+                f"0 <= P10 <= {values[i]:.4g} <= P90"
             ),
         ),
     )
