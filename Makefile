@@ -15,12 +15,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $@
 
-# The instance's settings (run queue, SageMaker pools) come from dagster.yaml in the repo.
+# The instance's settings (run queue, SageMaker pools) come from instance/dagster.yaml. Not from
+# the repo root: `dagster dev` runs there and would warn that a dagster.yaml in its working
+# directory "will not be used", DAGSTER_HOME being elsewhere.
+INSTANCE_TEMPLATE := instance/dagster.yaml
+
 instance: $(DAGSTER_HOME)/dagster.yaml
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: $(INSTANCE_TEMPLATE)
 	mkdir -p "$(DAGSTER_HOME)"
-	cp dagster.yaml "$@"
+	cp $(INSTANCE_TEMPLATE) "$@"
 
 ## demo: demo data for 5 customers, then the whole graph for each (no AWS account needed)
 demo: install instance
@@ -30,7 +34,7 @@ demo: install instance
 ui: install instance
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
-## backfill: every customer through the daemon, as the UI's Launch backfill (BACKFILL_ARGS=...)
+## backfill: every customer through the daemon, as the UI's backfill (BACKFILL_ARGS=...)
 backfill: install instance
 	bash scripts/backfill.sh $(BACKFILL_ARGS)
 

@@ -141,7 +141,7 @@ def open_instance(home: Path) -> Any:
 def write_instance_yaml(home: Path, max_concurrent_runs: int | None = None) -> dict[str, Any]:
     """The repo's dagster.yaml, as the Makefile copies it; optionally another run-queue limit."""
     home.mkdir(parents=True, exist_ok=True)
-    source = REPO_ROOT / "dagster.yaml"
+    source = REPO_ROOT / "instance" / "dagster.yaml"
     if max_concurrent_runs is None:
         shutil.copyfile(source, home / "dagster.yaml")
         return dict(yaml.safe_load(source.read_text()))

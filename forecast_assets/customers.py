@@ -1,4 +1,4 @@
-"""Customer ids, and the explicit command that adds customers to the partition set.
+"""Customer ids, and the command that adds customers to the partition set (or removes them).
 
 A customer id becomes an S3 prefix, part of a SageMaker job name and a database value, so one
 rule decides what is valid: 1-32 characters of lowercase letters, digits and hyphens, starting
@@ -31,7 +31,13 @@ def validate_customer_id(value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``forecast-customers add|remove|list [ids]`` against the Dagster instance in DAGSTER_HOME."""
+    """``forecast-customers add|remove|list [ids]`` against the Dagster instance in DAGSTER_HOME.
+
+    ``add`` refuses ids that break the customer id rule. ``remove`` takes any key in the
+    partition set, valid or not (the UI's "Add partition" applies no rule, so a bad key can get
+    in and must be removable from here too), and fails naming the keys that are not in the set;
+    either way, a refused batch changes nothing.
+    """
     import dagster as dg
 
     from forecast_assets.partitions import customers_partitions_def
@@ -47,17 +53,27 @@ def main(argv: list[str] | None = None) -> int:
         for customer in instance.get_dynamic_partitions(name):
             print(customer)
         return 0
+    if args.action == "remove":
+        present = set(instance.get_dynamic_partitions(name))
+        missing = [c for c in args.customer_ids if c not in present]
+        if missing:
+            print(
+                f"not in the '{name}' partition set, nothing removed: "
+                + ", ".join(repr(c) for c in missing),
+                file=sys.stderr,
+            )
+            return 1
+        for customer in args.customer_ids:
+            instance.delete_dynamic_partition(name, customer)
+        print(f"remove: {', '.join(args.customer_ids) or '(none)'}")
+        return 0
     try:
         ids = [validate_customer_id(c) for c in args.customer_ids]
     except InvalidCustomerIdError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.action == "add":
-        instance.add_dynamic_partitions(name, ids)
-    else:
-        for customer in ids:
-            instance.delete_dynamic_partition(name, customer)
-    print(f"{args.action}: {', '.join(ids) or '(none)'}")
+    instance.add_dynamic_partitions(name, ids)
+    print(f"add: {', '.join(ids) or '(none)'}")
     return 0
 
 

@@ -95,7 +95,9 @@ def _not_forecastable(store: ObjectStore, customer: str) -> str | None:
     execution_timezone=SCHEDULE_TIMEZONE,
     description="Forecasts every customer daily (06:00): with its newest model if Approved, else "
     "its latest Approved model, else seasonal naive. Customers with no preprocessed load yet are "
-    "skipped and named in the tick's log.",
+    "skipped: named in the tick's logs (Automation -> this schedule -> a tick -> logs), in its "
+    "skip reason when nobody is forecast, and counted in each run's "
+    "forecast-assets/customers-skipped tag.",
 )
 def daily_forecast_schedule(
     context: dg.ScheduleEvaluationContext, store: ObjectStore
@@ -104,20 +106,34 @@ def daily_forecast_schedule(
     if not customers:
         return dg.SkipReason(NO_CUSTOMERS)
     date = _scheduled_date(context)
-    runs: list[dg.RunRequest] = []
+    forecastable: list[str] = []
     skipped: list[str] = []
     for customer in customers:
         reason = _not_forecastable(store, customer)
         if reason is None:
-            runs.append(dg.RunRequest(run_key=f"{customer}:{date}", partition_key=customer))
+            forecastable.append(customer)
         else:
             skipped.append(reason)
-    if not runs:
+    # context.log is the tick's captured log: the daemon stores its key on the tick, and the UI
+    # lists these lines under the tick's "logs" (not only in the `dagster dev` terminal).
+    for reason in skipped[:MAX_NAMED]:
+        context.log.warning(f"skipped {reason}")
+    if len(skipped) > MAX_NAMED:
+        context.log.warning(f"... and {len(skipped) - MAX_NAMED} more customer(s) skipped")
+    if not forecastable:
         return dg.SkipReason(
             f"no customer has preprocessed load yet ({len(skipped)} skipped): {_listed(skipped)}"
         )
     if skipped:
         context.log.warning(
-            f"forecasting {len(runs)} customer(s); {len(skipped)} skipped: {_listed(skipped)}"
+            f"forecasting {len(forecastable)} customer(s); {len(skipped)} skipped: "
+            f"{_listed(skipped)}"
         )
-    return runs
+    else:
+        context.log.info(f"forecasting all {len(forecastable)} customer(s)")
+    # On every run of the tick, so a run's page says its tick left customers out.
+    tags = {"forecast-assets/customers-skipped": str(len(skipped))}
+    return [
+        dg.RunRequest(run_key=f"{customer}:{date}", partition_key=customer, tags=tags)
+        for customer in forecastable
+    ]

@@ -54,9 +54,27 @@ already passed. Two ways that can be broken, both of which make the sensor miss 
   An upload slower than ``SETTLE_SECONDS`` (or a clock between S3 and the daemon off by more) can
   still be missed.
 
-A re-upload of identical content gets a new LastModified with the same ETag. The cursor does
-not remember every ETag, so it counts as changed; Dagster drops the run only if an earlier run of
-that customer had exactly the same pairs (and so the same run key).
+Files a materialization already consumed
+----------------------------------------
+The cursor says which files this sensor has seen, not which ones the graph has used: after
+``make demo`` (or a backfill, or a run from the UI) materialized every customer, a sensor turned
+on for the first time would see every file as new and re-run every customer. So before it
+requests a run for a customer already in the partition set, the sensor reads the customer's
+current ``manifests`` publication (the ``raw_load.json`` its latest successful ``raw_load``
+materialization published, with each file's URI and ETag: see ``forecast_assets.assets.raw``).
+If every new or changed file is there with the same ETag, the content was consumed already:
+the customer is done, no run is requested, the cursor moves over its files, and the tick's skip
+reason (or log line) names it. A customer with any file not in its manifest, or with another
+ETag there, gets its run as before. The ETag is a content hash: S3's MD5 for a plain upload (a
+multipart upload's ETag depends on the part size, so the same bytes uploaded in other parts look
+changed and run once more, which is safe), the MD5 of the file on the local store. A re-upload of
+identical content (a new LastModified, the same ETag) is therefore done as well. At most
+``MAX_CUSTOMERS_CHECKED_PER_TICK`` customers are looked up per tick (two small reads each), so a
+tick's cost stays bounded even when hundreds of customers were materialized before the sensor
+first ran; the rest are looked up on later ticks.
+
+A customer not in the partition set is never looked up: it gets its run and is added, whatever
+the store holds (an instance that never ran it has no record of it).
 
 Runs are idempotent: a run key is the customer plus a digest of the (key, ETag) pairs that
 triggered it, so evaluating the same tick twice (a daemon restart before the cursor was saved)
@@ -67,17 +85,19 @@ files whose runs were requested (in (LastModified, key) order).
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 
+from forecast_assets import paths, publication
 from forecast_assets.customers import InvalidCustomerIdError, validate_customer_id
 from forecast_assets.jobs import forecast_job
 from forecast_assets.landing import classify
 from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.publication import MANIFESTS
 from resources.storage import ObjectInfo, ObjectStore
 
 # Each run launches SageMaker jobs for one customer: the bound makes a backfill of hundreds of
@@ -87,6 +107,10 @@ MAX_RUNS_PER_TICK = 25
 # Longer than a meter file's upload, with room for clock skew between S3 and the daemon; the
 # price is this much extra latency before a new file's run (see "What it assumes" above).
 SETTLE_SECONDS = 120
+# Each look-up reads a customer's manifest pointer and manifest (two small GETs): a hundred keep a
+# tick to seconds on S3, and drain even a large landing area materialized before the sensor ran
+# in a few ticks.
+MAX_CUSTOMERS_CHECKED_PER_TICK = 100
 CURSOR_VERSION = 1
 # Folders named in warnings per tick; the rest are only counted.
 MAX_LOGGED_FOLDERS = 20
@@ -119,6 +143,20 @@ class LandingFile:
 def pair_digest(key: str, etag: str) -> str:
     # 64 bits: a new pair passes for one of the n handled pairs with probability about n / 2**64.
     return hashlib.blake2b(f"{key}\0{etag}".encode(), digest_size=8).hexdigest()
+
+
+def consumed_files(store: ObjectStore, customer: str) -> frozenset[tuple[str, str]]:
+    """The (URI, ETag) of every file the customer's current raw_load manifest holds: the
+    content its latest successful raw_load materialization consumed (empty if none)."""
+    published = publication.current(store, MANIFESTS, customer)
+    if published is None:
+        return frozenset()
+    # No try/except: a pointer naming a manifest that cannot be read is a broken publication,
+    # which must fail the tick rather than pass for "nothing consumed" (a run for everyone).
+    manifest = json.loads(store.read_bytes(published.uri(paths.RAW_MANIFEST)))
+    return frozenset(
+        (str(f["uri"]), str(f["etag"])) for f in manifest.get("files", []) if f.get("etag")
+    )
 
 
 def run_key(customer: str, files: Iterable[LandingFile]) -> str:
@@ -247,25 +285,47 @@ class TickPlan:
     waiting: list[str]
     """Customers with new or changed files left for a later tick."""
     cursor: LandingCursor
+    done: list[str] = field(default_factory=list)
+    """Customers whose new or changed files a materialization already consumed: no run."""
 
 
 def plan_tick(
-    files: Sequence[LandingFile], cursor: LandingCursor, max_runs: int = MAX_RUNS_PER_TICK
+    files: Sequence[LandingFile],
+    cursor: LandingCursor,
+    max_runs: int = MAX_RUNS_PER_TICK,
+    consumed: Callable[[str, list[LandingFile]], bool] | None = None,
+    max_checked: int = MAX_CUSTOMERS_CHECKED_PER_TICK,
 ) -> TickPlan:
-    """Which customers to run this tick and the cursor after it: a pure function of the listing."""
+    """Which customers to run this tick and the cursor after it.
+
+    A pure function of the listing and the cursor, and of ``consumed`` when given: called with
+    a customer and its new or changed files, at most ``max_checked`` times, it says whether a
+    materialization already consumed exactly those files (the customer is then done, not run).
+    """
     ordered = sorted(files, key=lambda f: f.order)
-    pending = [f for f in ordered if not cursor.handled(f)]
+    pending: dict[str, list[LandingFile]] = {}  # in order of each customer's oldest new file
+    for file in ordered:
+        if not cursor.handled(file):
+            pending.setdefault(file.customer, []).append(file)
     runs: dict[str, list[LandingFile]] = {}
-    for file in pending:
-        if file.customer in runs:
-            runs[file.customer].append(file)
-        elif len(runs) < max_runs:
-            runs[file.customer] = [file]
-    waiting = sorted({f.customer for f in pending} - runs.keys())
+    done: list[str] = []
+    checked = 0
+    for customer, changed in pending.items():
+        if len(runs) >= max_runs or (consumed is not None and checked >= max_checked):
+            break
+        if consumed is not None:
+            checked += 1
+            if consumed(customer, changed):
+                done.append(customer)
+                continue
+        runs[customer] = changed
+    served = runs.keys() | set(done)
+    waiting = sorted(pending.keys() - served)
 
     def covered(file: LandingFile) -> bool:
-        # A requested run covers all of its customer's files, including those past the cut.
-        return file.customer in runs or cursor.handled(file)
+        # A requested run covers all of its customer's files, including those past the cut; so
+        # does finding them all consumed already.
+        return file.customer in served or cursor.handled(file)
 
     first_open = next((f for f in ordered if not covered(f)), None)
     if first_open is not None:
@@ -275,7 +335,7 @@ def plan_tick(
         if cursor.mark is not None and mark < cursor.mark:
             mark = cursor.mark  # the newest files were deleted: never move back
     else:
-        return TickPlan(runs, waiting, cursor)
+        return TickPlan(runs, waiting, cursor, done)
 
     at_mark = frozenset(f.digest for f in ordered if f.info.last_modified == mark and covered(f))
     ahead: dict[str, tuple[datetime, frozenset[str]]] = {}
@@ -289,7 +349,7 @@ def plan_tick(
             if modified > through
             else (through, pairs | {file.digest})
         )
-    return TickPlan(runs, waiting, LandingCursor(mark, at_mark, ahead))
+    return TickPlan(runs, waiting, LandingCursor(mark, at_mark, ahead), done)
 
 
 def _ignored_note(ignored: Mapping[str, IgnoredFolder]) -> str:
@@ -309,7 +369,8 @@ def _names(customers: Sequence[str], limit: int = 10) -> str:
     minimum_interval_seconds=60,
     description="Runs forecast_job for each customer whose files under landing/ are new or "
     f"changed (at most {MAX_RUNS_PER_TICK} runs per tick), adding new customers to the "
-    "partition set.",
+    "partition set. Files the customer's latest raw_load already consumed (same key and ETag) "
+    "start no run; the tick's skip reason names those customers.",
 )
 def raw_files_sensor(
     context: dg.SensorEvaluationContext, store: ObjectStore
@@ -327,7 +388,20 @@ def raw_files_sensor(
 
     cutoff = now() - timedelta(seconds=SETTLE_SECONDS)
     settled = [f for f in files if f.info.last_modified <= cutoff]
-    plan = plan_tick(settled, LandingCursor.from_json(context.cursor))
+    name = customers_partitions_def.name
+    assert name is not None
+    known: set[str] | None = None
+
+    def consumed(customer: str, changed: list[LandingFile]) -> bool:
+        nonlocal known
+        if known is None:  # read once, and only on a tick with something new
+            known = set(context.instance.get_dynamic_partitions(name))
+        if customer not in known:
+            return False
+        held = consumed_files(store, customer)
+        return all((f.info.uri, f.info.etag) in held for f in changed)
+
+    plan = plan_tick(settled, LandingCursor.from_json(context.cursor), consumed=consumed)
     note = _ignored_note(ignored)
     if listing.skipped:
         note += (
@@ -339,14 +413,25 @@ def raw_files_sensor(
             f"; {len(files) - len(settled)} file(s) younger than {SETTLE_SECONDS} s wait for a "
             "later tick"
         )
-    if not plan.runs:
-        return dg.SkipReason(
-            f"no new or changed files under {landing} ({len(objects)} objects checked{note})"
+    if plan.done:
+        note += (
+            f"; {len(plan.done)} customer(s) whose new files their latest raw_load already "
+            f"consumed (same keys and ETags), so not run: {_names(plan.done)}"
         )
+    if plan.waiting:
+        note += f"; {len(plan.waiting)} customer(s) left for the next tick"
+    if not plan.runs:
+        if not plan.done:
+            return dg.SkipReason(
+                f"no new or changed files under {landing} ({len(objects)} objects checked{note})"
+            )
+        # Nothing to run, but the cursor moves over the files found consumed, so the next tick
+        # does not look them up again.
+        message = f"nothing new to run under {landing} ({len(objects)} objects checked{note})"
+        context.log.info(message)
+        return dg.SensorResult(skip_reason=message, cursor=plan.cursor.to_json())
 
-    name = customers_partitions_def.name
-    assert name is not None
-    known = set(context.instance.get_dynamic_partitions(name))
+    known = known if known is not None else set(context.instance.get_dynamic_partitions(name))
     new_customers = [c for c in plan.runs if c not in known]
     run_requests = [
         dg.RunRequest(
@@ -360,8 +445,7 @@ def raw_files_sensor(
     context.log.info(
         f"{len(objects)} objects checked under {landing}: {changed_files} new or changed file(s); "
         f"requested {len(run_requests)} run(s) ({_names(list(plan.runs))}); "
-        f"{len(new_customers)} new customer(s); {len(plan.waiting)} customer(s) left for the "
-        f"next tick{note}"
+        f"{len(new_customers)} new customer(s){note}"
     )
     return dg.SensorResult(
         run_requests=run_requests,

@@ -130,3 +130,32 @@ def test_unknown_action_is_a_usage_error(dagster_home: Path, capsys: pytest.Capt
     assert exited.value.code == 2
     assert "invalid choice: 'purge'" in capsys.readouterr().err
     assert _partitions(dagster_home) == []
+
+
+def test_remove_takes_a_key_the_rule_would_refuse(
+    dagster_home: Path, capsys: pytest.CaptureFixture[str]
+):
+    """The UI's "Add partition" applies no rule, so a bad key can get into the set; the command
+    must be able to take it out again, as the UI's "Delete partitions" can."""
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.add_dynamic_partitions(customers_partitions_def.name or "", ["Bad_Id", "good-1"])
+    assert main(["remove", "Bad_Id"]) == 0
+    assert capsys.readouterr().out == "remove: Bad_Id\n"
+    assert _partitions(dagster_home) == ["good-1"]
+
+
+def test_removing_a_key_not_in_the_set_fails_naming_it_and_removes_nothing(
+    dagster_home: Path, capsys: pytest.CaptureFixture[str]
+):
+    assert main(["add", "a-1", "b-2"]) == 0
+    capsys.readouterr()
+    assert main(["remove", "never-added"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "not in the 'customers' partition set, nothing removed: 'never-added'\n"
+    )
+    # One missing key in a batch: the batch is refused as a whole.
+    assert main(["remove", "a-1", "never-added", "Nor_This"]) == 1
+    assert "'never-added', 'Nor_This'" in capsys.readouterr().err
+    assert _partitions(dagster_home) == ["a-1", "b-2"]

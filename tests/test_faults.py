@@ -174,7 +174,7 @@ def live(
     """`dagster dev` on the repo's dagster.yaml with short monitoring intervals and one training
     slot, and a customer whose preprocessed load is ready to train on."""
     land(store, [CUSTOMER], days=75)
-    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO_ROOT / "instance" / "dagster.yaml").read_text())
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_monitoring"]["max_resume_run_attempts"] == 0
     assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0

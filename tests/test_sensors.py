@@ -28,6 +28,7 @@ from forecast_assets import sensors
 from forecast_assets.partitions import customers_partitions_def
 from forecast_assets.sensors import MAX_RUNS_PER_TICK, raw_files_sensor
 from resources.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from tests.conftest import land as land_demo
 
 PARTITIONS = customers_partitions_def.name or "customers"
 
@@ -60,8 +61,13 @@ class Tick:
 
     @property
     def skip_message(self) -> str:
-        assert isinstance(self.result, dg.SkipReason), f"expected a skip, got {self.result}"
-        return self.result.skip_message or ""
+        """The tick's skip reason: a SkipReason, or a SensorResult that requests nothing but moves
+        the cursor (over files found consumed already)."""
+        result = self.result
+        if isinstance(result, dg.SensorResult) and not result.run_requests and result.skip_reason:
+            return result.skip_reason.skip_message or ""
+        assert isinstance(result, dg.SkipReason), f"expected a skip, got {result}"
+        return result.skip_message or ""
 
 
 @dataclass
@@ -358,6 +364,138 @@ def test_objects_that_are_not_meter_files_start_no_run(daemon: Daemon, store: Lo
         "(8 objects checked; 7 object(s) skipped as not meter files (folder markers, hidden or "
         "temporary files))"
     )
+
+
+# Files a materialization already consumed ------------------------------------------------------
+
+CONSUMED = ["hansa-offices", "polar-cold-storage"]
+
+
+def materialize_raw_load(
+    instance: dg.DagsterInstance, store: ObjectStore, customers: list[str]
+) -> None:
+    """What ``make demo`` (or a run from the UI) does before the sensor is ever turned on."""
+    from forecast_assets.assets.raw import raw_load
+
+    instance.add_dynamic_partitions(PARTITIONS, customers)
+    for customer in customers:
+        result = dg.materialize(
+            [raw_load], partition_key=customer, instance=instance, resources={"store": store}
+        )
+        assert result.success
+
+
+def test_files_a_materialization_already_consumed_start_no_run(
+    daemon: Daemon, store: LocalObjectStore, instance: dg.DagsterInstance
+):
+    land_demo(store, CONSUMED, days=10)
+    materialize_raw_load(instance, store, CONSUMED)
+
+    # The sensor's first tick sees every file as new to it, but raw_load consumed them all.
+    first = daemon.tick()
+    assert first.runs == []
+    message = first.skip_message
+    assert message.startswith("nothing new to run under s3://forecast-assets/landing/ (")
+    assert (
+        "2 customer(s) whose new files their latest raw_load already consumed (same keys and "
+        "ETags), so not run: hansa-offices, polar-cold-storage)" in message
+    )
+    # ... and the cursor moved over them: the next tick has nothing to look up.
+    assert daemon.cursor is not None
+    assert daemon.tick().skip_message.endswith("objects checked)")
+
+    # The same bytes uploaded again (a new LastModified, the same ETag) are still consumed.
+    (hansa_file, *_) = sorted(
+        o.uri for o in store.list_objects(landing(store, "hansa-offices", ""))
+    )
+    store.write_bytes(hansa_file, store.read_bytes(hansa_file))
+    assert "so not run: hansa-offices)" in daemon.tick().skip_message
+
+    # One file of one customer changes: exactly that customer runs, for exactly that file.
+    (polar_file, *_) = sorted(
+        o.uri for o in store.list_objects(landing(store, "polar-cold-storage", ""))
+    )
+    store.write_bytes(polar_file, store.read_bytes(polar_file) + b"\n")
+    tick = daemon.tick()
+    assert [r.partition_key for r in tick.runs] == ["polar-cold-storage"]
+    assert tick.runs[0].tags["forecast-assets/changed-files"] == "1"
+    assert tick.added == []
+    assert isinstance(daemon.tick().result, dg.SkipReason)
+
+    # Once raw_load has consumed the change, the same file is done, whoever looks at it.
+    materialize_raw_load(instance, store, ["polar-cold-storage"])
+    fresh = Daemon(instance, store)
+    assert fresh.tick().runs == []
+
+
+def test_a_customer_outside_the_partition_set_runs_whatever_the_store_holds(
+    daemon: Daemon, store: LocalObjectStore, instance: dg.DagsterInstance
+):
+    """An instance without the customer has no record of it: its manifest is not looked up."""
+    land_demo(store, ["hansa-offices"], days=10)
+    materialize_raw_load(instance, store, ["hansa-offices"])
+    instance.delete_dynamic_partition(PARTITIONS, "hansa-offices")
+    tick = daemon.tick()
+    assert [r.partition_key for r in tick.runs] == ["hansa-offices"]
+    assert tick.added == ["hansa-offices"]
+
+
+def test_a_broken_manifest_pointer_fails_the_tick(
+    daemon: Daemon, store: LocalObjectStore, instance: dg.DagsterInstance
+):
+    """Never "nothing consumed" (a run for every customer) nor "all consumed" (nothing runs)."""
+    from forecast_assets import publication
+
+    land_demo(store, ["hansa-offices"], days=10)
+    materialize_raw_load(instance, store, ["hansa-offices"])
+    store.write_bytes(
+        publication.pointer_uri(store, publication.MANIFESTS, "hansa-offices"), b"{not json"
+    )
+    with pytest.raises(dg.Failure, match="is not a publication record"):
+        daemon.tick()
+
+
+def test_look_ups_of_consumed_files_are_bounded_per_tick():
+    """plan_tick alone: 250 customers all consumed, looked up at most max_checked per tick, and
+    each one once."""
+    from resources.storage import ObjectInfo
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    files = [
+        sensors.LandingFile(
+            f"c-{i:03d}",
+            ObjectInfo(
+                uri=f"s3://b/landing/c-{i:03d}/{day}.csv",
+                key=f"landing/c-{i:03d}/{day}.csv",
+                size=1,
+                etag=f'"{i:016x}{day:016x}"',
+                last_modified=start + timedelta(seconds=i),
+            ),
+        )
+        for i in range(250)
+        for day in range(3)
+    ]
+    looked_up: list[str] = []
+
+    def consumed(customer: str, changed: list[sensors.LandingFile]) -> bool:
+        looked_up.append(customer)
+        assert len(changed) == 3
+        return customer != "c-120"  # the one customer with something new
+
+    cursor = sensors.LandingCursor()
+    per_tick, runs = [], []
+    while True:
+        before = len(looked_up)
+        plan = sensors.plan_tick(files, cursor, consumed=consumed, max_checked=100)
+        if not plan.runs and not plan.done:
+            break
+        per_tick.append(len(looked_up) - before)
+        runs += list(plan.runs)
+        cursor = plan.cursor
+    assert per_tick == [100, 100, 50]
+    assert runs == ["c-120"]
+    assert sorted(looked_up) == sorted({f.customer for f in files})
+    assert cursor.mark == files[-1].info.last_modified
 
 
 def test_an_unreadable_cursor_raises(daemon: Daemon, store: LocalObjectStore):
