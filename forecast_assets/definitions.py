@@ -1,8 +1,8 @@
 """The only place that builds the code location's ``Definitions``.
 
 Resources are chosen here, once, by environment (see ``forecast_assets.environment``): every
-asset asks for ``store``, ``launcher`` and ``database`` by name and never knows which
-implementation it got.
+asset asks for ``store``, ``launcher`` and ``database`` by name (the approval job and the model
+registry sensor for ``registry``) and never knows which implementation it got.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from forecast_assets.assets import ALL_ASSETS
+from forecast_assets.approval import model_registry_sensor
+from forecast_assets.assets import ALL_ASSETS, REPORT_ASSETS, customer_overview_sensor
 from forecast_assets.environment import Environment, backfill_batch_size, current_environment
 from forecast_assets.jobs import ALL_JOBS
 from forecast_assets.schedules import daily_forecast_schedule, weekly_training_schedule
@@ -21,6 +22,7 @@ from resources.database import Database
 from resources.jobs import LocalJobLauncher
 from resources.jobs.sagemaker import SageMakerJobLauncher
 from resources.jobs.settings import JobName, JobSettings, PlatformSettings
+from resources.registry import LocalModelRegistry, SageMakerModelRegistry
 from resources.storage import LocalObjectStore, S3ObjectStore
 
 
@@ -40,16 +42,19 @@ def _job_settings_from_env(job: JobName) -> JobSettings:
 
 
 def resources_for(environment: Environment) -> dict[str, Any]:
-    """The same three resources in every environment; only their implementations differ.
+    """The same resources in every environment; only their implementations differ.
 
     Nothing here reads the environment: ``dg.EnvVar`` values are resolved when a run starts.
     """
     if environment == "local":
         store = LocalObjectStore()
+        database = Database()
         return {
             "store": store,
             "launcher": LocalJobLauncher(store=store),
-            "database": Database(),
+            "database": database,
+            # The database is the model registry.
+            "registry": LocalModelRegistry(database=database),
         }
     region = dg.EnvVar("FORECAST_AWS_REGION")
     s3_store = S3ObjectStore(
@@ -57,6 +62,7 @@ def resources_for(environment: Environment) -> dict[str, Any]:
         prefix=dg.EnvVar("FORECAST_PREFIX"),
         s3=S3Resource(region_name=region),
     )
+    sagemaker_database = Database(url=dg.EnvVar("FORECAST_DATABASE_URL"))
     return {
         "store": s3_store,
         "launcher": SageMakerJobLauncher(
@@ -73,7 +79,9 @@ def resources_for(environment: Environment) -> dict[str, Any]:
             training=_job_settings_from_env("training"),
             inference=_job_settings_from_env("inference"),
         ),
-        "database": Database(url=dg.EnvVar("FORECAST_DATABASE_URL")),
+        "database": sagemaker_database,
+        # The database, and every version as a model package in SageMaker's Model Registry.
+        "registry": SageMakerModelRegistry(database=sagemaker_database, region_name=region),
     }
 
 
@@ -92,9 +100,10 @@ def build_definitions(
     environment: Environment | None = None, batch_size: int | None = None
 ) -> dg.Definitions:
     return dg.Definitions(
-        assets=assets_with_batches(batch_size or backfill_batch_size()),
+        # The reports over every customer are unpartitioned: no backfill policy of their own.
+        assets=[*assets_with_batches(batch_size or backfill_batch_size()), *REPORT_ASSETS],
         jobs=ALL_JOBS,
-        sensors=[raw_files_sensor],
+        sensors=[raw_files_sensor, model_registry_sensor, customer_overview_sensor],
         schedules=[weekly_training_schedule, daily_forecast_schedule],
         resources=resources_for(environment or current_environment()),
     )

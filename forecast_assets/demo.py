@@ -2,8 +2,13 @@
 
 Writes demo files into the landing area (never replacing a raw file that is already there),
 adds the customers to the partition set, runs ``forecast_job`` for every customer against the
-Dagster instance in ``DAGSTER_HOME`` (so ``make ui`` shows the same runs), and prints one line
-per customer. Exits non-zero if any customer's run failed.
+Dagster instance in ``DAGSTER_HOME`` (so ``make ui`` shows the same runs), materializes the
+customer overview, and prints one line per customer. Exits non-zero if any customer's run failed.
+
+So that the UI has something to act on, the fourth customer is trained under a strict gate (its
+model must halve seasonal naive's error, which the demo data does not allow: it is rejected and
+the customer is forecast by seasonal naive) and the fifth without auto-approval (its model waits
+for someone to approve it). ``--no-showcase`` trains every customer with the defaults.
 """
 
 from __future__ import annotations
@@ -67,10 +72,21 @@ def _metadata(result: dg.ExecuteInProcessResult, key: Sequence[str]) -> dict:
 
 
 def _gate(result: dg.ExecuteInProcessResult) -> str:
+    status = _metadata(result, ["models", "load_forecast_model"]).get("approval_status")
+    if status == "PendingManualApproval":
+        return "PENDING APPROVAL"
     for event in result.get_asset_check_evaluations():
         if event.check_name == "quality_gate":
             return "APPROVED" if event.passed else "REJECTED"
     return "not evaluated"
+
+
+# What the showcase customers are trained with (see the module docstring).
+SHOWCASE = {
+    3: ("strict gate, to show a rejection", {"max_wape_ratio": 0.5}),
+    4: ("no auto-approval, to show approving a model", {"auto_approve": False}),
+}
+TRAINING_OP = "models__load_forecast_model"
 
 
 def summary_line(customer: str, result: dg.ExecuteInProcessResult) -> str:
@@ -102,10 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--days", type=int, default=365, help="days of 15-minute history")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-showcase",
+        dest="showcase",
+        action="store_false",
+        help="train every customer with the defaults (no rejected or pending model)",
+    )
     args = parser.parse_args(argv)
     # Dagster's own Pipes reader uses a preview API internally; that is not the user's concern.
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+    from forecast_assets.assets import REPORT_ASSETS
     from forecast_assets.definitions import defs
 
     customers = [c.customer_id for c in DEMO_CUSTOMERS[: args.customers]]
@@ -125,19 +148,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     instance.add_dynamic_partitions(customers_partitions_def.name, customers)
     job = defs.resolve_job_def("forecast_job")
     failed = 0
-    for customer in customers:
+    for i, customer in enumerate(customers):
+        why, training = SHOWCASE.get(i, ("", {})) if args.showcase else ("", {})
         result = job.execute_in_process(
             instance=instance,
             partition_key=customer,
             raise_on_error=False,
-            # The full event log is in the instance (make ui); the terminal gets one line each.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config={
+                # The full event log is in the instance (make ui); the terminal gets one line each.
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                **({"ops": {TRAINING_OP: {"config": training}}} if training else {}),
+            },
         )
         # A model rejected by its gate is the gate working: the customer is still forecast.
         failed += not result.success
-        print(summary_line(customer, result), flush=True)
+        print(summary_line(customer, result) + (f" [{why}]" if why else ""), flush=True)
     print(f"{len(customers) - failed} of {len(customers)} customer(s) forecast, {failed} failed")
-    return 1 if failed else 0
+    overview = dg.materialize(
+        REPORT_ASSETS,
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    print(
+        "overview: reports/customer_overview "
+        + ("materialized (make ui, then open it)" if overview.success else "FAILED")
+    )
+    return 1 if failed or not overview.success else 0
 
 
 if __name__ == "__main__":

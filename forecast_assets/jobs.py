@@ -1,7 +1,11 @@
-"""Jobs: named selections of the asset graph, all partitioned by customer."""
+"""Jobs: named selections of the asset graph, all partitioned by customer, and the model
+approval job (``forecast_assets.approval``)."""
+
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from forecast_assets.approval import model_approval_job
 from forecast_assets.assets import (
     ALL_ASSETS,
     device_registry,
@@ -11,6 +15,11 @@ from forecast_assets.assets import (
     raw_load,
 )
 from forecast_assets.partitions import customers_partitions_def
+
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
 
 forecast_job = dg.define_asset_job(
     "forecast_job",
@@ -37,4 +46,9 @@ inference_job = dg.define_asset_job(
     description="Daily forecast for a customer from its latest approved model.",
 )
 
-ALL_JOBS = [forecast_job, training_job, inference_job]
+ALL_JOBS: list["dg.JobDefinition | UnresolvedAssetJobDefinition"] = [
+    forecast_job,
+    training_job,
+    inference_job,
+    model_approval_job,
+]

@@ -39,6 +39,9 @@ devices_table = sa.Table(
 )
 
 ApprovalStatus = Literal["Approved", "Rejected", "PendingManualApproval"]
+APPROVAL_STATUSES: tuple[ApprovalStatus, ...] = ("Approved", "Rejected", "PendingManualApproval")
+# decided_by of the quality gate's own decisions (register_model).
+GATE_DECIDER = "quality gate"
 
 model_versions_table = sa.Table(
     "model_versions",
@@ -57,6 +60,14 @@ model_versions_table = sa.Table(
     # What the model was trained from (data version, code, hyperparameters), so an unchanged
     # re-run reuses this version instead of training and registering another.
     sa.Column("inputs_digest", sa.String(64), nullable=False, server_default=""),
+    # Who made the current status and why: "quality gate" for the gate's own decision, a person
+    # (the approval job's or forecast-models' decided_by), or "sagemaker:<identity>" for a
+    # decision pulled from the SageMaker Model Registry.
+    sa.Column("decided_by", sa.String(256), nullable=False, server_default=""),
+    sa.Column("decision_reason", sa.Text, nullable=False, server_default=""),
+    # The version's model package in the SageMaker Model Registry ("" in the local environment,
+    # or before it is registered there).
+    sa.Column("registry_arn", sa.String(256), nullable=False, server_default=""),
 )
 
 forecasts_table = sa.Table(
@@ -71,13 +82,26 @@ forecasts_table = sa.Table(
     sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
     # Which model made it: "newest", "previous_approved" or "seasonal_naive_fallback".
     sa.Column("source", sa.String(32), nullable=False, server_default="newest"),
+    # Its kind (forest, lightgbm, seasonal_naive_week, seasonal_naive_day); "" for rows stored
+    # before the kind was recorded.
+    sa.Column("model_kind", sa.String(32), nullable=False, server_default=""),
+    # The P10-P90 interval around energy_kwh (its P50); NULL for rows stored before forecasts
+    # had intervals.
+    sa.Column("p10_kwh", sa.Float, nullable=True),
+    sa.Column("p90_kwh", sa.Float, nullable=True),
 )
 sa.Index("ix_forecasts_customer_issued", forecasts_table.c.customer_id, forecasts_table.c.issued_at)
 
 # Columns added after the first release, added to an existing database when it is opened.
 ADDED_COLUMNS = (
     (model_versions_table, "inputs_digest"),
+    (model_versions_table, "decided_by"),
+    (model_versions_table, "decision_reason"),
+    (model_versions_table, "registry_arn"),
     (forecasts_table, "source"),
+    (forecasts_table, "model_kind"),
+    (forecasts_table, "p10_kwh"),
+    (forecasts_table, "p90_kwh"),
 )
 
 
@@ -104,6 +128,10 @@ class ModelVersion:
     status: str
     created_at: datetime
     inputs_digest: str = ""
+    status_changed_at: datetime | None = None
+    decided_by: str = ""
+    decision_reason: str = ""
+    registry_arn: str = ""
 
 
 def _utc(value: Any) -> datetime:
@@ -116,6 +144,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _optional_float(value: Any) -> float | None:
+    """A float for the database, None (NULL) for a missing or NaN one."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if number == number else None
+
+
 def _add_missing_columns(engine: sa.Engine) -> None:
     """Bring a database made by an earlier release up to this schema (new columns only)."""
     inspector = sa.inspect(engine)
@@ -125,6 +161,10 @@ def _add_missing_columns(engine: sa.Engine) -> None:
                 continue
             column = table.c[name]
             kind = column.type.compile(dialect=engine.dialect)
+            if column.nullable and column.server_default is None:
+                # Old rows have no value for it (a forecast's interval): NULL, not a made-up one.
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+                continue
             default = column.server_default.arg if column.server_default is not None else ""  # type: ignore[attr-defined]
             conn.execute(
                 sa.text(
@@ -258,6 +298,12 @@ class Database(dg.ConfigurableResource):
         status: ApprovalStatus = (
             ("Approved" if auto_approve else "PendingManualApproval") if gate_passed else "Rejected"
         )
+        # The gate's own decision is recorded like a person's: by whom and why.
+        decided_by, reason = {
+            "Approved": (GATE_DECIDER, "passed its quality gate; auto_approve is on"),
+            "Rejected": (GATE_DECIDER, "; ".join(gate_reasons) or "failed its quality gate"),
+            "PendingManualApproval": ("", ""),
+        }[status]
         now = _now()
         row = {
             "customer_id": customer_id,
@@ -271,6 +317,8 @@ class Database(dg.ConfigurableResource):
             "created_at": now,
             "status_changed_at": now,
             "inputs_digest": inputs_digest,
+            "decided_by": decided_by,
+            "decision_reason": reason,
         }
         stmt = self._insert(model_versions_table)
         stmt = stmt.on_conflict_do_update(
@@ -284,14 +332,27 @@ class Database(dg.ConfigurableResource):
             raise _refused(customer_id, f"register model {version}", exc) from exc
         return self._model_from_row(row)
 
-    def set_model_status(self, customer_id: str, version: str, status: ApprovalStatus) -> None:
-        """Approve or reject a version by hand; a version that failed its gate cannot be approved."""
+    def set_model_status(
+        self,
+        customer_id: str,
+        version: str,
+        status: ApprovalStatus,
+        *,
+        decided_by: str = "",
+        reason: str = "",
+    ) -> ModelVersion:
+        """Record a decision on a version: its new status, who made it and why.
+
+        A version that failed its gate cannot be approved (ValueError); an unknown customer or
+        version is a KeyError. The rules a person's decision follows on top of these (a reason,
+        one decision at a time) are ``forecast_assets.approval``'s.
+        """
+        where = (model_versions_table.c.customer_id == customer_id) & (
+            model_versions_table.c.version == version
+        )
         with self.engine.begin() as conn:
             current = conn.execute(
-                sa.select(model_versions_table.c.gate_passed).where(
-                    (model_versions_table.c.customer_id == customer_id)
-                    & (model_versions_table.c.version == version)
-                )
+                sa.select(model_versions_table.c.gate_passed).where(where)
             ).scalar_one_or_none()
             if current is None:
                 raise KeyError(f"customer '{customer_id}' has no model version '{version}'")
@@ -302,11 +363,52 @@ class Database(dg.ConfigurableResource):
                 )
             conn.execute(
                 sa.update(model_versions_table)
+                .where(where)
+                .values(
+                    status=status,
+                    status_changed_at=_now(),
+                    decided_by=decided_by,
+                    decision_reason=reason,
+                )
+            )
+            row = conn.execute(sa.select(model_versions_table).where(where)).mappings().one()
+        return self._model_from_row(dict(row))
+
+    def set_registry_arn(self, customer_id: str, version: str, arn: str) -> None:
+        """Remember the version's model package in the SageMaker Model Registry."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(model_versions_table)
                 .where(
                     (model_versions_table.c.customer_id == customer_id)
                     & (model_versions_table.c.version == version)
                 )
-                .values(status=status, status_changed_at=_now())
+                .values(registry_arn=arn)
+            )
+
+    def model_version(self, customer_id: str, version: str) -> ModelVersion | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(model_versions_table).where(
+                        (model_versions_table.c.customer_id == customer_id)
+                        & (model_versions_table.c.version == version)
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+        return self._model_from_row(dict(row)) if row is not None else None
+
+    def customers_with_models(self) -> list[str]:
+        """Every customer with at least one registered model version, sorted."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.scalars(
+                    sa.select(model_versions_table.c.customer_id)
+                    .distinct()
+                    .order_by(model_versions_table.c.customer_id)
+                )
             )
 
     def model_versions(self, customer_id: str) -> list[ModelVersion]:
@@ -343,13 +445,18 @@ class Database(dg.ConfigurableResource):
             status=row["status"],
             created_at=row["created_at"],
             inputs_digest=row.get("inputs_digest") or "",
+            status_changed_at=row.get("status_changed_at"),
+            decided_by=row.get("decided_by") or "",
+            decision_reason=row.get("decision_reason") or "",
+            registry_arn=row.get("registry_arn") or "",
         )
 
     # Forecasts -------------------------------------------------------------------------------
 
     def replace_forecast(self, customer_id: str, run_id: str, forecast: pd.DataFrame) -> int:
         """Store one run's forecast in one transaction; a retried step of the same run replaces
-        its rows. ``source`` says which model made it (default "newest")."""
+        its rows. ``source`` says which model made it (default "newest"), ``model_kind`` its
+        kind, ``p10_kwh``/``p90_kwh`` the interval around ``energy_kwh`` (NULL without one)."""
         rows = [
             {
                 "customer_id": customer_id,
@@ -360,6 +467,9 @@ class Database(dg.ConfigurableResource):
                 "model_version": str(r.model_version),
                 "issued_at": _utc(r.issued_at),
                 "source": str(getattr(r, "source", "newest")),
+                "model_kind": str(getattr(r, "model_kind", "") or ""),
+                "p10_kwh": _optional_float(getattr(r, "p10_kwh", None)),
+                "p90_kwh": _optional_float(getattr(r, "p90_kwh", None)),
             }
             for r in forecast.itertuples(index=False)
         ]
@@ -394,4 +504,8 @@ class Database(dg.ConfigurableResource):
                 )
                 .order_by(forecasts_table.c.device_id, forecasts_table.c.timestamp)
             )
-            return pd.DataFrame(conn.execute(query).mappings().all())
+            frame = pd.DataFrame(conn.execute(query).mappings().all())
+        # Rows from before intervals have NULL there: NaN, in a float column.
+        for column in ("p10_kwh", "p90_kwh"):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        return frame

@@ -153,3 +153,49 @@ def launch_run(
     )["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
+
+
+def overview_definitions() -> Any:
+    """The code location with ``reports/customer_overview`` and its sensor: ``definitions.py``'s
+    own once it includes them, else that merged with them (``-m tests.live_dagster -a
+    overview_definitions`` for a webserver)."""
+    import dagster as dg
+
+    from forecast_assets.assets import REPORT_ASSETS, customer_overview_sensor
+    from forecast_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    if set(REPORT_ASSETS[0].keys) <= set(defs.resolve_asset_graph().get_all_asset_keys()):
+        return defs
+    return dg.Definitions.merge(
+        defs, dg.Definitions(assets=REPORT_ASSETS, sensors=[customer_overview_sensor])
+    )
+
+
+@contextlib.contextmanager
+def dagster_webserver(
+    env: dict[str, str], log: Path, port: int, code: list[str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """`dagster-webserver` alone (no daemon) on ``code`` (default: workspace.yaml), in its own
+    process group, answering on ``port``; stopped as a whole on exit."""
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                executable("dagster-webserver"),
+                *(code or ["-w", "workspace.yaml"]),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_webserver(process, f"http://127.0.0.1:{port}", log)
+        yield process
+    finally:
+        stop_process_group(process)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -58,7 +58,6 @@ def materialize_result(
     context: dg.AssetExecutionContext,
     per_customer: dict[str, dict[str, Any]],
     shared: dict[str, Any],
-    check_results: dict[str, list[dg.AssetCheckResult]] | None = None,
     **kwargs: Any,
 ) -> dg.MaterializeResult:
     """One materialization per customer, each with its own metadata.
@@ -67,53 +66,116 @@ def materialize_result(
     customer's metadata to that customer's partition (Dagster records one materialization per
     partition) and the shared metadata, such as the job that did the work, to all of them.
     """
-    checks = combine_checks(check_results or {})
     if len(per_customer) == 1:
         (metadata,) = per_customer.values()
-        return dg.MaterializeResult(metadata={**shared, **metadata}, check_results=checks, **kwargs)
+        return dg.MaterializeResult(metadata={**shared, **metadata}, **kwargs)
     for customer, metadata in per_customer.items():
         context.add_asset_metadata(metadata, partition_key=customer)
-    return dg.MaterializeResult(
-        metadata={**shared, "batch_customers": len(per_customer)}, check_results=checks, **kwargs
+    return dg.MaterializeResult(metadata={**shared, "batch_customers": len(per_customer)}, **kwargs)
+
+
+def materialize_with_checks(
+    context: dg.AssetExecutionContext,
+    per_customer: dict[str, dict[str, Any]],
+    shared: dict[str, Any],
+    check_results: dict[str, list[dg.AssetCheckResult]],
+    **kwargs: Any,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
+    """:func:`materialize_result`, then each customer's check results on that customer's
+    partition; each customer's metadata also says its checks' outcome (``checks``). Used as
+    ``yield from materialize_with_checks(...)``.
+    """
+    per_customer = {
+        c: {**metadata, **check_summary(check_results.get(c, []))}
+        for c, metadata in per_customer.items()
+    }
+    yield materialize_result(context, per_customer, shared, **kwargs)
+    # After the materializations, so each result points at the one it checked.
+    yield from check_evaluations(context, check_results)
+
+
+def check_summary(results: list[dg.AssetCheckResult]) -> dict[str, Any]:
+    """A customer's check outcomes in its own materialization's metadata, so the partition's
+    page says them too: ``checks`` is "passed" or names each failed check."""
+    if not results:
+        return {}
+    failed = [r for r in results if not r.passed]
+    return {
+        "checks": "; ".join(
+            f"{r.check_name} {'WARNING' if r.severity == dg.AssetCheckSeverity.WARN else 'FAILED'}"
+            for r in failed
+        )
+        or f"passed ({', '.join(r.check_name or '' for r in results)})"
+    }
+
+
+def check_evaluations(
+    context: dg.AssetExecutionContext, by_customer: dict[str, list[dg.AssetCheckResult]]
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
+    """Each customer's check results as evaluations of that customer's partition.
+
+    The checks are partitioned like their asset (``AssetCheckSpec(partitions_def=...)``), so the
+    UI keeps a status per customer. Dagster would give an ``AssetCheckResult`` the step's one
+    partition, which a batch step does not have; an evaluation names its partition, and points
+    at the customer's latest materialization, which is what makes its status current.
+    """
+    specs = {spec.name: spec for spec in context.assets_def.check_specs}
+    selected = context.selected_asset_check_keys
+    evaluated: set[dg.AssetCheckKey] = set()
+    for customer, results in by_customer.items():
+        for result in results:
+            name = result.check_name or ""
+            key = dg.AssetCheckKey(result.asset_key or context.asset_key, name)
+            if key not in selected:
+                continue
+            evaluated.add(key)
+            yield dg.AssetCheckEvaluation(
+                asset_key=key.asset_key,
+                check_name=name,
+                passed=result.passed,
+                metadata={**as_text(result.metadata), "customer": dg.MetadataValue.text(customer)},
+                target_materialization_data=latest_materialization(
+                    context.instance, key.asset_key, customer
+                ),
+                severity=result.severity,
+                description=result.description,
+                blocking=specs[name].blocking if name in specs else False,
+                partition=customer,
+            )
+    # Each evaluated check's (empty) output, once per step, as an AssetCheckResult would emit it:
+    # a step that reports through Pipes must emit every selected check's output.
+    for output_name, spec in context.assets_def.check_specs_by_output_name.items():
+        if spec.key in evaluated:
+            yield dg.Output(None, output_name=output_name)
+
+
+def as_text(metadata: Mapping[str, dg.MetadataValue]) -> dict[str, dg.MetadataValue]:
+    """Numbers as text: the UI plots a check's numeric metadata over its evaluations, which are
+    of different customers, and a line through unrelated customers' figures means nothing."""
+    return {
+        k: dg.MetadataValue.text(str(v.value))
+        if isinstance(v, dg.IntMetadataValue | dg.FloatMetadataValue)
+        else v
+        for k, v in metadata.items()
+    }
+
+
+def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> Any:
+    """The partition's latest materialization as a check evaluation's target, or None."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
     )
 
-
-def combine_checks(by_customer: dict[str, list[dg.AssetCheckResult]]) -> list[dg.AssetCheckResult]:
-    """Each check's results for a step's customers, as one result per check.
-
-    Checks are evaluated per step, and a batch step covers several partitions: a check passes
-    only if it passed for every customer, and its metadata names the customers it failed for.
-    """
-    if len(by_customer) <= 1:
-        return next(iter(by_customer.values()), [])
-    combined = []
-    names = [result.check_name for result in next(iter(by_customer.values()))]
-    for name in names:
-        results = {
-            customer: next(r for r in checks if r.check_name == name)
-            for customer, checks in by_customer.items()
-        }
-        failed = sorted(c for c, r in results.items() if not r.passed)
-        first = next(iter(results.values()))
-        combined.append(
-            dg.AssetCheckResult(
-                check_name=name,
-                passed=not failed,
-                severity=first.severity,
-                description=f"failed for {len(failed)} of {len(results)} customers: "
-                + ", ".join(failed)
-                if failed
-                else f"passed for all {len(results)} customers",
-                metadata={
-                    "customers": len(results),
-                    "failed_customers": dg.MetadataValue.json(failed),
-                    "by_customer": dg.MetadataValue.json(
-                        {c: {k: v.value for k, v in r.metadata.items()} for c, r in results.items()}
-                    ),
-                },
-            )
-        )
-    return combined
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=records[0].storage_id,
+        run_id=records[0].run_id,
+        timestamp=records[0].timestamp,
+    )
 
 
 def stage_batch_file(store: ObjectStore, job: str, entries: list[dict[str, Any]]) -> str:
@@ -155,20 +217,22 @@ def fail_for_customers(problems: dict[str, str], total: int, what: str) -> None:
 
 
 def stop_if_blocked(
-    asset_key: dg.AssetKey,
+    context: dg.AssetExecutionContext,
     checks: dict[str, list[dg.AssetCheckResult]],
     blocking: set[str],
-) -> Iterator[dg.AssetCheckResult]:
-    """Before anything is published: if a blocking check failed for any customer, yield the
-    step's check results and fail it; yields nothing when every blocking check passed.
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
+    """Before anything is published: if a blocking check failed for any customer, yield every
+    customer's check results on its own partition and fail the step; yields nothing when every
+    blocking check passed.
 
     Used as ``yield from stop_if_blocked(...)`` in a step, so the failed check shows on the
-    asset and the error names each customer and what its check found. Nothing of the step is
-    published and the last good outputs stay as they were.
+    customer's partition and the error names each customer and what its check found. Nothing of
+    the step is published and the last good outputs stay as they were (the failed result points
+    at the customer's current materialization, which is still what readers see).
     """
-    failure = blocking_failure(asset_key, checks, blocking)
+    failure = blocking_failure(context.asset_key, checks, blocking)
     if failure is not None:
-        yield from combine_checks(checks)
+        yield from check_evaluations(context, checks)
         raise failure
 
 

@@ -3,12 +3,13 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
-from forecast_assets import paths, publication
+from forecast_assets import charts, paths, publication
 from forecast_assets.assets.common import (
     GROUP,
     PROCESSING_POOL,
@@ -16,7 +17,7 @@ from forecast_assets.assets.common import (
     job_label,
     job_reports,
     job_tags,
-    materialize_result,
+    materialize_with_checks,
     published_metadata,
     read_parquet,
     reused_metadata,
@@ -106,6 +107,7 @@ def choose_model(database: Database, customer: str) -> ModelChoice:
             "forecast_sanity",
             asset=KEY,
             blocking=True,
+            partitions_def=customers_partitions_def,
             description="Every forecast value is finite, not negative and at most "
             "max_multiple_of_history times its meter's largest value so far; checked before the "
             "forecast is published.",
@@ -118,7 +120,7 @@ def load_forecast(
     store: ObjectStore,
     launcher: JobLauncher,
     database: Database,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
     """Forecast load per device for the ``horizon_hours`` after the customer's last reading.
 
     Batch inference as a SageMaker Processing job (``containers/inference``). Every customer with
@@ -126,7 +128,10 @@ def load_forecast(
     latest Approved model, else with seasonal naive (same time last week); never with a
     rejected model. The forecast says which (``source``: newest, previous_approved,
     seasonal_naive_fallback) in its metadata, its file and the ``forecasts`` table. Grain: one
-    row per device per interval, at the data's resolution.
+    row per device per interval, at the data's resolution: ``energy_kwh`` (the point forecast,
+    P50), ``p10_kwh`` and ``p90_kwh`` (an interval meant to hold the actual load 8 times in 10,
+    from the model's backtest errors) and ``model_kind``. A model the job cannot use (saved
+    with an older feature spec) is replaced by seasonal naive, and the forecast says so.
 
     The forecast is checked (``forecast_sanity``) before anything is published; then its rows
     are stored in table ``forecasts`` in one transaction (a retried run replaces its own rows),
@@ -149,7 +154,18 @@ def load_forecast(
         for c in customers
     }
     reused = reused_publications(store, FORECASTS, inputs)
-    per_customer = {c: reused_metadata(p) for c, p in reused.items()}
+    per_customer = {
+        c: {
+            **reused_metadata(p),
+            **charts.forecast_metadata(
+                read_parquet(store, p.uri(paths.FORECAST_FILE)),
+                read_parquet(store, tables[c].uri("load.parquet")),
+                c,
+                choices[c].source,
+            ),
+        }
+        for c, p in reused.items()
+    }
     # Checked again with today's settings: reuse skips the job, not the check.
     checks = {
         c: [
@@ -170,8 +186,8 @@ def load_forecast(
         if choices[customer].source != "newest":
             context.log.warning(f"customer '{customer}': {choices[customer].why}")
     if not to_run:
-        yield from stop_if_blocked(KEY, checks, {"forecast_sanity"})
-        yield materialize_result(context, per_customer, {}, checks)
+        yield from stop_if_blocked(context, checks, {"forecast_sanity"})
+        yield from materialize_with_checks(context, per_customer, {}, checks)
         return
 
     name = job_name("inference", job_label(to_run), context.run_id, context.retry_number)
@@ -249,10 +265,13 @@ def load_forecast(
             forecasts[customer][1], history, max_multiple=config.max_multiple_of_history
         )
         checks[customer] = [sanity_check(customer, problems, choices[customer])]
-    yield from stop_if_blocked(KEY, checks, {"forecast_sanity"})
+    yield from stop_if_blocked(context, checks, {"forecast_sanity"})
 
     for customer, (staged_file, forecast) in forecasts.items():
         choice = choices[customer]
+        made = made_by(forecast, choice, reports[customer])
+        if made["source"] != choice.source:
+            context.log.warning(f"customer '{customer}': {made['source_reason']}")
         # The table first, in one transaction; the file becomes current only once it committed.
         rows = database.replace_forecast(customer, context.run_id, forecast)
         published = publication.publish(
@@ -269,9 +288,9 @@ def load_forecast(
                 "start": forecast["timestamp"].min().isoformat(),
                 "end": forecast["timestamp"].max().isoformat(),
                 "total_kwh": round(float(forecast["energy_kwh"].sum()), 2),
-                "source": choice.source,
-                "source_reason": choice.why,
-                "model_version": choice.version,
+                "total_p10_kwh": round(float(forecast["p10_kwh"].sum()), 2),
+                "total_p90_kwh": round(float(forecast["p90_kwh"].sum()), 2),
+                **made,
                 "history_version": tables[customer].version,
                 "issued_at": issued_at,
             },
@@ -279,11 +298,32 @@ def load_forecast(
         per_customer[customer] = {
             **reports[customer],
             **published_metadata(published),
+            **charts.forecast_metadata(
+                forecast,
+                read_parquet(store, tables[customer].uri("load.parquet")),
+                customer,
+                made["source"],  # what made the file, should the job have fallen back
+            ),
             "reused": False,
         }
-    yield materialize_result(
+    yield from materialize_with_checks(
         context, per_customer, {**job.metadata(), "table": "forecasts"}, checks
     )
+
+
+def made_by(forecast: pd.DataFrame, choice: ModelChoice, report: dict[str, Any]) -> dict[str, str]:
+    """Which model made the forecast, as its file says: normally the chosen one, but the job
+    forecasts by seasonal naive when the chosen model cannot be used by this code (saved with
+    an older feature spec), and reports why (``fallback_reason``)."""
+    source = str(forecast["source"].iloc[0]) if len(forecast) else choice.source
+    return {
+        "source": source,
+        "source_reason": str(report.get("fallback_reason") or choice.why),
+        "model_version": str(forecast["model_version"].iloc[0])
+        if len(forecast)
+        else choice.version,
+        "model_kind": str(forecast["model_kind"].iloc[0]) if "model_kind" in forecast else "",
+    }
 
 
 def sanity_check(

@@ -4,6 +4,7 @@ import io
 import json
 import tarfile
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from forecast_assets import paths, publication
+from forecast_assets import charts, paths, publication
+from forecast_assets.approval import history_table
 from forecast_assets.assets.common import (
     GROUP,
     TRAINING_POOL,
@@ -20,7 +22,7 @@ from forecast_assets.assets.common import (
     job_label,
     job_reports,
     job_tags,
-    materialize_result,
+    materialize_with_checks,
     stage_batch_file,
     stage_per_customer,
     table_metadata,
@@ -187,6 +189,7 @@ def backtest_table(backtest: pd.DataFrame, timezone: str) -> dg.TableMetadataVal
         dg.AssetCheckSpec(
             "quality_gate",
             asset=KEY,
+            partitions_def=customers_partitions_def,
             description="The chosen model must beat the seasonal-naive baseline (same time last "
             "week) on the rolling-origin backtest: WAPE below max_wape_ratio times naive's (and "
             "R² at least min_r2, if set); a model that is seasonal naive week itself passes. A "
@@ -201,7 +204,7 @@ def load_forecast_model(
     store: ObjectStore,
     launcher: JobLauncher,
     database: Database,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
     """The customer's per-device load forecast up to ``horizon_hours``, of the kind a backtest
     chose: random forests (one per day of the horizon) or seasonal naive (week or day).
 
@@ -213,8 +216,11 @@ def load_forecast_model(
     feature spec, normalization parameters and metrics. Each version is recorded in the
     model registry (table ``model_versions``), which is where models are published: Approved
     when it passes the quality gate, else Rejected (a recorded outcome, not a failure: the
-    forecast goes on from the previous approved model or seasonal naive). A re-run on the same
-    data version with the same code and hyperparameters reuses the registered version.
+    forecast goes on from the previous approved model or seasonal naive); with ``auto_approve``
+    off a passing model waits for a person's decision (``model_approval_job`` or
+    ``forecast-models approve``). The materialization shows who decided and why, the rejection
+    reason, and the customer's recent versions (``model_history``). A re-run on the same data
+    version with the same code and hyperparameters reuses the registered version.
     """
     customers = customer_ids(context)
     tables = publication.require(store, PREPROCESSED, customers, "cannot be trained")
@@ -235,10 +241,13 @@ def load_forecast_model(
     for customer in customers:
         known = database.model_by_inputs(customer, inputs[customer])
         if known is not None:
-            per_customer[customer], checks[customer] = reused_model(known)
+            per_customer[customer], checks[customer] = reused_model(
+                known, database.model_versions(customer)
+            )
     to_run = [c for c in customers if c not in per_customer]
     if not to_run:
-        return materialize_result(context, per_customer, {}, checks)
+        yield from materialize_with_checks(context, per_customer, {}, checks)
+        return
 
     name = job_name("training", job_label(to_run), context.run_id, context.retry_number)
     if len(to_run) == 1:
@@ -299,7 +308,7 @@ def load_forecast_model(
             inputs[customer],
         )
         per_customer[customer] = {**reports[customer], **metadata}
-    return materialize_result(context, per_customer, job.metadata(), checks)
+    yield from materialize_with_checks(context, per_customer, job.metadata(), checks)
 
 
 def register(
@@ -348,15 +357,25 @@ def register(
     if not gate.passed:
         context.log.warning(
             f"customer '{customer}': model {version} REJECTED by its quality gate: "
-            f"{gate.summary}. It will not forecast; the customer is forecast from its previous "
-            "approved model, or seasonal naive if it has none."
+            f"{'; '.join(gate.reasons)}. It will not forecast; the customer is forecast from its "
+            "previous approved model, or seasonal naive if it has none."
+        )
+    elif registered.status == "PendingManualApproval":
+        context.log.info(
+            f"customer '{customer}': model {version} passed its quality gate and waits for "
+            "approval (auto_approve is off): launch model_approval_job, or run "
+            f"`forecast-models approve {customer} {version} --reason ...`"
         )
     metadata = {
         "model_version": version,
         "model_uri": dg.MetadataValue.url(model_uri),
         "approval_status": registered.status,
+        **decision_metadata(registered, database.model_versions(customer)),
         **score_metadata(summary),
         "backtest": backtest_table(backtest, config.timezone),
+        "backtest_chart": dg.MetadataValue.md(
+            charts.backtest_chart(backtest, customer, config.timezone)
+        ),
         "backtest_origins": summary["backtest_origins"],
         "backtest_hours": summary["backtest_hours"],
         "train_rows": summary["train_rows"],
@@ -388,13 +407,24 @@ def score_metadata(summary: dict[str, Any]) -> dict[str, Any]:
 def gate_check(
     customer: str, model: ModelVersion, passed: bool, summary: str
 ) -> dg.AssetCheckResult:
-    """The quality_gate result of one customer's model version, as the UI shows it."""
+    """The quality_gate result of one customer's model version, as the UI shows it: for a
+    rejected model the reasons first, in plain words."""
     metrics, baseline = model.metrics["model"], model.metrics["baseline_seasonal_naive"]
+    if passed:
+        description = f"customer '{customer}', model {model.version}: {summary}"
+        if model.status != "Approved":
+            description += f" (status {model.status})"
+    else:
+        reasons = "; ".join(model.gate_reasons) or summary
+        description = (
+            f"customer '{customer}', model {model.version} rejected: {reasons}. It does not "
+            "forecast; the previous approved model or seasonal naive does."
+        )
     return dg.AssetCheckResult(
         check_name="quality_gate",
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"customer '{customer}', model {model.version}: {summary}",
+        description=description,
         metadata={
             "customer": customer,
             "model_version": model.version,
@@ -406,7 +436,23 @@ def gate_check(
     )
 
 
-def reused_model(model: ModelVersion) -> tuple[dict[str, Any], list[dg.AssetCheckResult]]:
+def decision_metadata(model: ModelVersion, history: Sequence[ModelVersion]) -> dict[str, Any]:
+    """Who decided the version's status and why (the rejection reason plainly, for a rejected
+    one), and the customer's recent versions as a table."""
+    metadata: dict[str, Any] = {
+        "decided_by": model.decided_by or "(nobody yet)",
+        "decision_reason": model.decision_reason or "(none yet)",
+    }
+    if model.status == "Rejected":
+        metadata["rejection_reason"] = model.decision_reason or "; ".join(model.gate_reasons)
+    if history:
+        metadata["model_history"] = history_table(history)
+    return metadata
+
+
+def reused_model(
+    model: ModelVersion, history: Sequence[ModelVersion] = ()
+) -> tuple[dict[str, Any], list[dg.AssetCheckResult]]:
     """A registered version trained on the same data, code and hyperparameters: no new job."""
     summary = model.metrics.get("gate", {}).get("summary") or "; ".join(model.gate_reasons)
     return {
@@ -414,6 +460,7 @@ def reused_model(model: ModelVersion) -> tuple[dict[str, Any], list[dg.AssetChec
         "model_version": model.version,
         "model_uri": dg.MetadataValue.url(model.model_uri),
         "approval_status": model.status,
+        **decision_metadata(model, history),
         "gate": summary or "passed",
         "reused": True,
         "reused_note": f"data, code and hyperparameters unchanged: model {model.version} "

@@ -16,7 +16,7 @@ from forecast_assets.assets.common import (
     job_label,
     job_reports,
     job_tags,
-    materialize_result,
+    materialize_with_checks,
     published_metadata,
     read_json,
     read_parquet,
@@ -172,17 +172,20 @@ def source_files(manifest: dict[str, Any], device: str, at: pd.Timestamp) -> lis
             "no_duplicate_readings",
             asset=KEY,
             blocking=True,
+            partitions_def=customers_partitions_def,
             description="At most one row per device and interval.",
         ),
         dg.AssetCheckSpec(
             "gap_ratio",
             asset=KEY,
+            partitions_def=customers_partitions_def,
             description="Share of intervals with no usable value stays under max_gap_ratio.",
         ),
         dg.AssetCheckSpec(
             "plausible_values",
             asset=KEY,
             blocking=True,
+            partitions_def=customers_partitions_def,
             description="No negative, missing (outside gaps) or absurdly large energy values.",
         ),
     ],
@@ -192,7 +195,7 @@ def preprocessed_load(
     config: PreprocessingConfig,
     store: ObjectStore,
     launcher: JobLauncher,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
     """Clean, regular electricity load per device for one customer.
 
     Made by a SageMaker Processing job (``containers/preprocessing``) from exactly the files
@@ -234,8 +237,8 @@ def preprocessed_load(
     }
     to_run = [c for c in customers if c not in reused]
     if not to_run:
-        yield from stop_if_blocked(KEY, checks, BLOCKING_CHECKS)
-        yield materialize_result(context, per_customer, {}, checks)
+        yield from stop_if_blocked(context, checks, BLOCKING_CHECKS)
+        yield from materialize_with_checks(context, per_customer, {}, checks)
         return
 
     name = job_name("preprocessing", job_label(to_run), context.run_id, context.retry_number)
@@ -300,7 +303,7 @@ def preprocessed_load(
         manifest = read_json(store, manifests[customer].uri(paths.RAW_MANIFEST))
         checks[customer] = quality_checks(customer, table, config, manifest)
         produced[customer] = (staged_files, table, read_json(store, staged_files["quality.json"]))
-    yield from stop_if_blocked(KEY, checks, BLOCKING_CHECKS)
+    yield from stop_if_blocked(context, checks, BLOCKING_CHECKS)
 
     for customer, (staged_files, table, quality) in produced.items():
         figures = {
@@ -331,7 +334,7 @@ def preprocessed_load(
             **published_metadata(published),
             "reused": False,
         }
-    yield materialize_result(context, per_customer, job.metadata(), checks)
+    yield from materialize_with_checks(context, per_customer, job.metadata(), checks)
 
 
 def stage_batch_inputs(

@@ -1,0 +1,335 @@
+"""reports/customer_overview: every customer on one page, what needs attention first."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from pydantic import Field
+
+from forecast_assets import publication
+from forecast_assets.assets.common import GROUP, table_metadata
+from forecast_assets.assets.forecast import load_forecast
+from forecast_assets.assets.model import load_forecast_model
+from forecast_assets.assets.preprocessed import preprocessed_load
+from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.publication import FORECASTS, PREPROCESSED
+from resources.database import Database, ModelVersion
+from resources.storage import ObjectStore
+
+KEY = dg.AssetKey(["reports", "customer_overview"])
+CHECKED_ASSETS = (preprocessed_load, load_forecast_model, load_forecast)
+
+# What a row's status means, most urgent first: the overview is sorted by this.
+ATTENTION = ("failed", "rejected", "pending", "stale", "warning", "ok")
+
+# Re-materialized when any customer's data, model or forecast is materialized (the automation
+# sensor evaluates this every 30 s), and at least hourly, so ages stay true and a run that failed
+# without materializing anything (a blocked forecast) shows within the hour.
+OVERVIEW_CONDITION = (
+    dg.AutomationCondition.any_deps_updated()
+    | dg.AutomationCondition.cron_tick_passed("0 * * * *")
+    | dg.AutomationCondition.missing().newly_true()
+) & ~dg.AutomationCondition.in_progress()
+
+
+class OverviewConfig(dg.Config):
+    max_data_age_hours: float = Field(
+        default=48, description="A customer whose newest reading is older than this is stale."
+    )
+    max_forecast_age_hours: float = Field(
+        default=30,
+        description="A customer whose forecast was issued longer ago than this is stale (the "
+        "daily forecast runs every 24 h).",
+    )
+
+
+@dataclass
+class CustomerStatus:
+    """One customer's row of the overview."""
+
+    customer: str
+    problems: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in ATTENTION})
+    latest_data: str = ""
+    data_age_hours: float | None = None
+    model_version: str = ""
+    approval: str = ""
+    decided_by: str = ""
+    decision_reason: str = ""
+    model_kind: str = ""
+    wape: float | None = None
+    baseline_wape: float | None = None
+    wape_ratio: float | None = None
+    gate: str = ""
+    forecast_source: str = ""
+    forecast_model: str = ""
+    forecast_issued: str = ""
+    forecast_age_hours: float | None = None
+
+    def add(self, status: str, why: str) -> None:
+        self.problems[status].append(why)
+
+    @property
+    def status(self) -> str:
+        return next((s for s in ATTENTION if self.problems[s]), "ok")
+
+    @property
+    def why(self) -> str:
+        return "; ".join(why for s in ATTENTION for why in self.problems[s]) or "all checks passed"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "status": self.status.upper(),
+            "customer": self.customer,
+            "why": self.why,
+            "approval": self.approval,
+            "forecast_source": self.forecast_source,
+            "forecast_age_h": _rounded(self.forecast_age_hours),
+            "wape_ratio": _rounded(self.wape_ratio, 3),
+            "latest_data": self.latest_data,
+            "data_age_h": _rounded(self.data_age_hours),
+            "model_version": self.model_version,
+            "gate": self.gate,
+            "decided_by": self.decided_by,
+            "model_kind": self.model_kind,
+            "wape": _rounded(self.wape, 3),
+            "baseline_wape": _rounded(self.baseline_wape, 3),
+            "forecast_model": self.forecast_model,
+            "forecast_issued": self.forecast_issued,
+        }
+
+
+# The table's columns, in the order a reader needs them.
+COLUMNS = {
+    "status": "string",
+    "customer": "string",
+    "why": "string",
+    "approval": "string",
+    "forecast_source": "string",
+    "forecast_age_h": "float",
+    "wape_ratio": "float",
+    "latest_data": "string",
+    "data_age_h": "float",
+    "model_version": "string",
+    "gate": "string",
+    "decided_by": "string",
+    "model_kind": "string",
+    "wape": "float",
+    "baseline_wape": "float",
+    "forecast_model": "string",
+    "forecast_issued": "string",
+}
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _hours_since(when: Any, now: datetime) -> float:
+    ts = pd.Timestamp(when)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
+    return (pd.Timestamp(now) - ts).total_seconds() / 3600
+
+
+def _age(hours: float) -> str:
+    return f"{hours:.0f} h" if hours < 72 else f"{hours / 24:.0f} days"
+
+
+def _short_time(when: Any) -> str:
+    ts = pd.Timestamp(when)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return f"{ts:%Y-%m-%d %H:%M} UTC"
+
+
+def latest_check_results(
+    instance: dg.DagsterInstance, customer: str
+) -> list[tuple[str, bool, str, dg.AssetCheckSeverity]]:
+    """The customer's latest evaluation of every partitioned check: name, passed, description,
+    severity."""
+    found = []
+    for assets_def in CHECKED_ASSETS:
+        for spec in assets_def.check_specs:
+            records = instance.event_log_storage.get_asset_check_execution_history(
+                spec.key,
+                limit=1,
+                status={
+                    AssetCheckExecutionRecordStatus.SUCCEEDED,
+                    AssetCheckExecutionRecordStatus.FAILED,
+                },
+                partition_filter=PartitionKeyFilter(key=customer),
+            )
+            evaluation = records[0].evaluation if records else None
+            if evaluation is not None:
+                found.append(
+                    (
+                        spec.name,
+                        evaluation.passed,
+                        evaluation.description or "",
+                        evaluation.severity,
+                    )
+                )
+    return found
+
+
+def _model_figures(row: CustomerStatus, model: ModelVersion) -> None:
+    metrics = model.metrics
+    row.model_version = model.version
+    row.approval = model.status
+    # Recorded by the approval workflow when the database has these columns.
+    row.decided_by = getattr(model, "decided_by", "") or ""
+    row.decision_reason = getattr(model, "decision_reason", "") or ""
+    row.model_kind = str(metrics.get("model_kind", ""))
+    row.wape = metrics.get("model", {}).get("wape")
+    row.baseline_wape = metrics.get("baseline_seasonal_naive", {}).get("wape")
+    row.wape_ratio = metrics.get("wape_ratio")
+    summary = metrics.get("gate", {}).get("summary") or "; ".join(model.gate_reasons)
+    row.gate = ("passed" if model.gate_passed else "FAILED") + (f": {summary}" if summary else "")
+
+
+def customer_status(
+    customer: str,
+    store: ObjectStore,
+    database: Database,
+    instance: dg.DagsterInstance,
+    config: OverviewConfig,
+    now: datetime,
+) -> CustomerStatus:
+    """What is true of one customer now: data, model, forecast, checks, latest run."""
+    row = CustomerStatus(customer)
+
+    table = publication.current(store, PREPROCESSED, customer)
+    if table is None:
+        row.add("failed", "no preprocessed load yet")
+    elif "end" in table.info:
+        row.latest_data = _short_time(table.info["end"])
+        row.data_age_hours = _hours_since(table.info["end"], now)
+        if row.data_age_hours > config.max_data_age_hours:
+            row.add("stale", f"newest reading {_age(row.data_age_hours)} old")
+
+    versions = database.model_versions(customer)  # newest first
+    if not versions:
+        row.add("pending", "no model yet")
+    else:
+        newest = versions[0]
+        _model_figures(row, newest)
+        if newest.status == "Rejected":
+            by = f" by {row.decided_by}" if row.decided_by else ""
+            why = row.decision_reason or row.gate.removeprefix("FAILED: ")
+            row.add("rejected", f"model {newest.version} rejected{by}: {why}")
+        elif newest.status == "PendingManualApproval":
+            row.add("pending", f"model {newest.version} waits for approval")
+
+    forecast = publication.current(store, FORECASTS, customer)
+    if forecast is None:
+        row.add("failed", "no forecast yet")
+    else:
+        issued = forecast.info.get("issued_at") or forecast.published_at
+        row.forecast_source = str(forecast.info.get("source", ""))
+        row.forecast_model = str(forecast.info.get("model_version", ""))
+        row.forecast_issued = _short_time(issued)
+        row.forecast_age_hours = _hours_since(issued, now)
+        if row.forecast_age_hours > config.max_forecast_age_hours:
+            row.add("stale", f"forecast issued {_age(row.forecast_age_hours)} ago")
+        if row.forecast_source == "seasonal_naive_fallback":
+            row.add("warning", "forecast by seasonal naive: no approved model")
+        elif row.forecast_source == "previous_approved":
+            row.add("warning", f"forecast by the previous approved model {row.forecast_model}")
+
+    for name, passed, description, severity in latest_check_results(instance, customer):
+        if not passed:
+            status = "warning" if severity == dg.AssetCheckSeverity.WARN else "failed"
+            if name == "quality_gate" and row.problems["rejected"]:
+                continue  # already said, with its reason
+            row.add(status, f"{name}: {description}" if description else f"{name} failed")
+
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": customer}), limit=1)
+    if runs and runs[0].status == dg.DagsterRunStatus.FAILURE:
+        row.add("failed", f"latest run {runs[0].run_id[:8]} ({runs[0].job_name}) failed")
+    return row
+
+
+def overview_markdown(rows: Sequence[CustomerStatus], now: datetime) -> str:
+    """The overview as a markdown table, most urgent first."""
+    counts = {s: sum(1 for r in rows if r.status == s) for s in ATTENTION}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines = [
+        f"**{len(rows)} customers** as of {now:%Y-%m-%d %H:%M} UTC: {summary or 'none yet'}.",
+        "",
+        "| status | customer | why | latest data | model (approval) | WAPE / naive | "
+        "forecast by | forecast age |",
+        "| --- | --- | --- | --- | --- | ---: | --- | ---: |",
+    ]
+    for r in rows:
+        ratio = f"{r.wape_ratio:.2f}" if r.wape_ratio is not None else ""
+        age = f"{r.forecast_age_hours:.0f} h" if r.forecast_age_hours is not None else ""
+        model = f"{r.model_version} ({r.approval})" if r.model_version else ""
+        why = r.why.replace("|", "/")
+        lines.append(
+            f"| **{r.status.upper()}** | {r.customer} | {why} | {r.latest_data} | {model} | "
+            f"{ratio} | {r.forecast_source} {r.forecast_model} | {age} |"
+        )
+    return "\n".join(lines)
+
+
+def sort_rows(rows: list[CustomerStatus]) -> list[CustomerStatus]:
+    return sorted(rows, key=lambda r: (ATTENTION.index(r.status), r.customer))
+
+
+@dg.asset(
+    key=KEY,
+    deps=[preprocessed_load, load_forecast_model, load_forecast],
+    group_name=GROUP,
+    kinds={"sqlite", "postgres"},
+    automation_condition=OVERVIEW_CONDITION,
+)
+def customer_overview(
+    context: dg.AssetExecutionContext,
+    config: OverviewConfig,
+    store: ObjectStore,
+    database: Database,
+) -> dg.MaterializeResult:
+    """Every customer on one page, what needs attention first: FAILED (a check failed, a run
+    failed, nothing published), REJECTED (newest model failed its gate, and why), PENDING (a
+    model waits for approval, or none yet), STALE (old data or forecast), WARNING (forecast not
+    by the newest model, a warning check), then OK.
+
+    Per customer: newest reading, newest model version with its backtest WAPE against seasonal
+    naive and its gate result, approval status and who decided, which model made the current
+    forecast (newest, previous_approved, seasonal_naive_fallback) and how old it is. Read from
+    the published pointers, the model registry and the instance's latest check results per
+    partition. Re-materialized automatically when any customer's load, model or forecast is
+    materialized, and hourly.
+    """
+    now = datetime.now(UTC)
+    customers = context.instance.get_dynamic_partitions(customers_partitions_def.name)
+    rows = sort_rows(
+        [customer_status(c, store, database, context.instance, config, now) for c in customers]
+    )
+    attention = [r.customer for r in rows if r.status != "ok"]
+    if attention:
+        context.log.info(f"{len(attention)} customer(s) need attention: {', '.join(attention)}")
+    return dg.MaterializeResult(
+        metadata={
+            "overview": dg.MetadataValue.md(overview_markdown(rows, now)),
+            "customers": table_metadata([r.record() for r in rows], COLUMNS, limit=1000),
+            "customers_total": len(rows),
+            "needs_attention": len(attention),
+            "needs_attention_customers": dg.MetadataValue.json(attention),
+            **{f"status_{s}": sum(1 for r in rows if r.status == s) for s in ATTENTION},
+        }
+    )
+
+
+# Evaluates OVERVIEW_CONDITION; running from the start, since a report nobody switched on is no
+# report. Only the overview is its target: the customer assets are run by jobs, sensor, schedules.
+customer_overview_sensor = dg.AutomationConditionSensorDefinition(
+    "customer_overview_sensor",
+    target=dg.AssetSelection.assets(KEY),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Re-materializes reports/customer_overview as customers' runs finish.",
+)
