@@ -173,6 +173,21 @@ def _add_missing_columns(engine: sa.Engine) -> None:
             )
 
 
+def check_decision(
+    customer_id: str, version: str, gate_passed: bool | None, status: ApprovalStatus
+) -> None:
+    """The rules every decision on a version follows, wherever it is recorded: the version
+    exists (``gate_passed`` None: it does not; KeyError) and a version that failed its gate is
+    not approved (ValueError)."""
+    if gate_passed is None:
+        raise KeyError(f"customer '{customer_id}' has no model version '{version}'")
+    if status == "Approved" and not gate_passed:
+        raise ValueError(
+            f"customer '{customer_id}', model '{version}' failed its quality gate and "
+            "cannot be approved"
+        )
+
+
 class Database(dg.ConfigurableResource):
     """Device registry, model registry and forecasts tables.
 
@@ -354,13 +369,7 @@ class Database(dg.ConfigurableResource):
             current = conn.execute(
                 sa.select(model_versions_table.c.gate_passed).where(where)
             ).scalar_one_or_none()
-            if current is None:
-                raise KeyError(f"customer '{customer_id}' has no model version '{version}'")
-            if status == "Approved" and not current:
-                raise ValueError(
-                    f"customer '{customer_id}', model '{version}' failed its quality gate and "
-                    "cannot be approved"
-                )
+            check_decision(customer_id, version, current, status)
             conn.execute(
                 sa.update(model_versions_table)
                 .where(where)

@@ -31,7 +31,7 @@ import dagster as dg
 from botocore.exceptions import ClientError
 from pydantic import Field
 
-from resources.database import ApprovalStatus, Database, ModelVersion
+from resources.database import ApprovalStatus, Database, ModelVersion, check_decision
 from resources.jobs import validation
 
 # botocore's service model, ModelPackageGroupName of CreateModelPackageGroup (EntityName):
@@ -291,13 +291,9 @@ class SageMakerModelRegistry(ModelRegistry):
         reason: str,
     ) -> ModelVersion:
         model = self.database.model_version(customer_id, version)
-        if model is None:
-            raise KeyError(f"customer '{customer_id}' has no model version '{version}'")
-        if status == "Approved" and not model.gate_passed:
-            raise ValueError(
-                f"customer '{customer_id}', model '{version}' failed its quality gate and "
-                "cannot be approved"
-            )
+        # Checked before SageMaker is asked, so a refused decision changes nothing there either.
+        check_decision(customer_id, version, None if model is None else model.gate_passed, status)
+        assert model is not None
         model = self._ensure_package(model)
         body = update_package_request(
             model.registry_arn, status, f"{reason} (decided by {decided_by} in forecast_assets)"
