@@ -4,14 +4,8 @@ standing in for AWS."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.request
 import uuid
 import warnings
@@ -26,6 +20,7 @@ from forecast_assets.demo import land_demo_files
 from resources.database import Database
 from resources.jobs import LocalJobLauncher
 from resources.storage import LocalObjectStore, S3ObjectStore
+from tests.postgres_server import free_port, pg_bindir, throwaway_postgres
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -69,74 +64,22 @@ def land(store: LocalObjectStore, customers: list[str], days: int = 75) -> None:
 # PostgreSQL ------------------------------------------------------------------------------------
 
 
-def _pg_bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The helpers other test modules import from here.
+_free_port = free_port
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server of our own on 127.0.0.1, stopped and deleted after the session."""
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     if bindir is None:
         if os.environ.get("CI"):
             pytest.fail(
                 "PostgreSQL server binaries are missing in CI (make postgres installs them)"
             )
         pytest.skip("PostgreSQL server binaries not found")
-    # The server refuses to run as root: run it as the postgres user in a folder it owns.
-    as_user: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="forecast-pg-"))
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        base.chmod(0o755)
-        shutil.chown(base, "postgres", "postgres")
-    data = base / "data"
-    port = _free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
-    try:
-        run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        run(
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(base / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        )
-    except subprocess.CalledProcessError as exc:
-        log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
-        raise RuntimeError(f"could not start PostgreSQL: {exc.stderr.decode()} {log}") from exc
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(
-            [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
-        ).returncode:
-            if time.monotonic() > deadline:
-                raise RuntimeError("PostgreSQL did not become ready")
-            time.sleep(0.2)
+    with throwaway_postgres(bindir) as url:
         yield url
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # AWS, as moto -----------------------------------------------------------------------------------

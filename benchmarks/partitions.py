@@ -1,0 +1,213 @@
+"""Customers as dynamic partitions at scale: add, list and submit a backfill, on PostgreSQL.
+
+``python -m benchmarks.partitions [--customers 10000] [--repeats 3] [--postgres-url URL]``
+
+For each repeat, a fresh Dagster instance with ``deploy/dagster.yaml``'s storage (PostgreSQL
+through dagster-postgres; the ECS run launcher swapped for the default one, which nothing here
+uses) on a database of its own, and for comparison the local SQLite instance
+(``instance/dagster.yaml``) in a fresh ``DAGSTER_HOME``:
+
+add_one_call    ``instance.add_dynamic_partitions("customers", ids)``: all N in one call, as
+                ``forecast-customers add`` does with many ids
+add_chunks      the same N as N/100 calls of 100 (a sensor adds at most a tick's worth)
+list            ``instance.get_dynamic_partitions("customers")`` with N partitions
+has_one         ``instance.has_dynamic_partition`` for the last id (the check before a run)
+submit_backfill ``forecast_assets.backfill.submit_backfill`` of ``forecast_job`` for all N:
+                validates every id against the partition set and stores the backfill's
+                target (the daemon plans the runs later; ``benchmarks/backfill.py`` times that)
+
+Wall seconds (``time.perf_counter``) and this process's CPU seconds (``time.process_time``: the
+Dagster side; PostgreSQL's own CPU is in its server process). Without ``--postgres-url`` a
+throwaway server is started from the installed binaries (as the tests do) and removed after.
+Timings are from a shared machine: figures to compare within one run, not thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "partitions_results.json"
+PARTITIONS = "customers"
+CHUNK = 100
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 in a temporary folder (as the tests start one): its URL;
+    stopped and deleted after."""
+    from tests.postgres_server import pg_bindir
+    from tests.postgres_server import throwaway_postgres as server
+
+    bindir = pg_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL server binaries not found (make postgres installs them)")
+    with server(bindir, prefix="forecast-bench-pg-") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_instance(server_url: str) -> Iterator[Any]:
+    """A Dagster instance with deploy/dagster.yaml's storage on a new database of the server."""
+    import dagster as dg
+    import sqlalchemy as sa
+
+    server = sa.engine.make_url(server_url)
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
+    config["run_launcher"] = {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"}
+    env = {
+        "DAGSTER_PG_HOST": str(server.host),
+        "DAGSTER_PG_PORT": str(server.port),
+        "DAGSTER_PG_USER": str(server.username),
+        "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+        "DAGSTER_PG_DB": name,
+    }
+    os.environ.update(env)
+    home = Path(tempfile.mkdtemp(prefix="forecast-bench-home-"))
+    try:
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            yield instance
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def sqlite_instance() -> Iterator[Any]:
+    """The local instance (instance/dagster.yaml, SQLite) in a fresh DAGSTER_HOME."""
+    import dagster as dg
+
+    home = Path(tempfile.mkdtemp(prefix="forecast-bench-sqlite-"))
+    try:
+        config = yaml.safe_load((REPO_ROOT / "instance" / "dagster.yaml").read_text())
+        (home / "dagster.yaml").write_text(yaml.safe_dump(copy.deepcopy(config)))
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            yield instance
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def timed(action: Callable[[], Any]) -> tuple[dict[str, float], Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = action()
+    return {
+        "wall_s": round(time.perf_counter() - wall, 4),
+        "cpu_s": round(time.process_time() - cpu, 4),
+    }, result
+
+
+def measure(make_instance: Callable[[], Any], customers: list[str]) -> dict[str, Any]:
+    """One repeat of every measurement on fresh instances of one kind."""
+    from forecast_assets.backfill import submit_backfill
+    from forecast_assets.definitions import build_definitions
+
+    defs = build_definitions("local")
+    found: dict[str, Any] = {}
+    with make_instance() as instance:
+        found["add_one_call"], _ = timed(
+            lambda: instance.add_dynamic_partitions(PARTITIONS, customers)
+        )
+        found["list"], listed = timed(lambda: instance.get_dynamic_partitions(PARTITIONS))
+        assert list(listed) == customers, "partitions listed out of order or missing"
+        found["has_one"], present = timed(
+            lambda: instance.has_dynamic_partition(PARTITIONS, customers[-1])
+        )
+        assert present
+        found["submit_backfill"], backfill = timed(
+            lambda: submit_backfill(instance, defs, "forecast_job")
+        )
+        stored = instance.get_backfill(backfill.backfill_id)
+        target = stored.asset_backfill_data.target_subset
+        found["backfill_targets"] = len(list(target.iterate_asset_partitions()))
+    with make_instance() as instance:
+
+        def in_chunks() -> None:
+            for start in range(0, len(customers), CHUNK):
+                instance.add_dynamic_partitions(PARTITIONS, customers[start : start + CHUNK])
+
+        found["add_chunks"], _ = timed(in_chunks)
+        assert len(instance.get_dynamic_partitions(PARTITIONS)) == len(customers)
+    return found
+
+
+def summarize(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for key in ("add_one_call", "add_chunks", "list", "has_one", "submit_backfill"):
+        summary[key] = {
+            f"median_{unit}": round(statistics.median(r[key][unit] for r in repeats), 4)
+            for unit in ("wall_s", "cpu_s")
+        }
+    summary["backfill_targets"] = repeats[0]["backfill_targets"]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--postgres-url", help="a server to create throwaway databases on")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+
+    import warnings
+
+    import dagster as dg
+
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    customers = [f"cust-{i:06d}" for i in range(1, args.customers + 1)]
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "customers": args.customers,
+        "chunk": CHUNK,
+        "repeats": args.repeats,
+        "dagster": dg.__version__,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
+    with contextlib.ExitStack() as stack:
+        url = args.postgres_url or stack.enter_context(throwaway_postgres())
+        kinds: dict[str, Callable[[], Any]] = {"postgres": lambda: postgres_instance(url)}
+        if not args.no_sqlite:
+            kinds["sqlite"] = sqlite_instance
+        for kind, make in kinds.items():
+            repeats = []
+            for i in range(args.repeats):
+                repeats.append(measure(make, customers))
+                print(f"{kind} repeat {i + 1}: {json.dumps(repeats[-1])}", flush=True)
+            results[kind] = {"summary": summarize(repeats), "repeats": repeats}
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for kind in kinds:
+        print(kind, json.dumps(results[kind]["summary"]))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
