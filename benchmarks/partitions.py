@@ -1,6 +1,7 @@
 """Customers as dynamic partitions at scale: add, list and submit a backfill, on PostgreSQL.
 
-``python -m benchmarks.partitions [--customers 10000] [--repeats 3] [--postgres-url URL]``
+``python -m benchmarks.run --only partitions [--partition-customers 10000] [--partition-repeats 3]
+[--postgres-url URL] --output benchmarks/partitions_results.json``
 
 For each repeat, a fresh Dagster instance with ``deploy/dagster.yaml``'s storage (PostgreSQL
 through dagster-postgres; the ECS run launcher swapped for the default one, which nothing here
@@ -24,26 +25,22 @@ Timings are from a shared machine: figures to compare within one run, not thresh
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "partitions_results.json"
 PARTITIONS = "customers"
 CHUNK = 100
 
@@ -164,50 +161,48 @@ def summarize(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--customers", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--postgres-url", help="a server to create throwaway databases on")
-    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-
+def bench_partitions(work: Path, args: Any, cache: dict) -> dict[str, Any]:
+    """The benchmark as ``benchmarks.run`` runs it (``--only partitions``): every measurement
+    ``args.partition_repeats`` times on PostgreSQL (a throwaway server unless
+    ``--postgres-url``) and on SQLite."""
     import warnings
 
     import dagster as dg
 
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    customers = [f"cust-{i:06d}" for i in range(1, args.customers + 1)]
-    started = time.perf_counter()
+    customers = [f"cust-{i:06d}" for i in range(1, args.partition_customers + 1)]
     results: dict[str, Any] = {
-        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "customers": args.customers,
+        "customers": args.partition_customers,
         "chunk": CHUNK,
-        "repeats": args.repeats,
+        "repeats": args.partition_repeats,
         "dagster": dg.__version__,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
     }
     with contextlib.ExitStack() as stack:
         url = args.postgres_url or stack.enter_context(throwaway_postgres())
-        kinds: dict[str, Callable[[], Any]] = {"postgres": lambda: postgres_instance(url)}
-        if not args.no_sqlite:
-            kinds["sqlite"] = sqlite_instance
+        kinds: dict[str, Callable[[], Any]] = {
+            "postgres": lambda: postgres_instance(url),
+            "sqlite": sqlite_instance,
+        }
         for kind, make in kinds.items():
             repeats = []
-            for i in range(args.repeats):
+            for i in range(args.partition_repeats):
                 repeats.append(measure(make, customers))
                 print(f"{kind} repeat {i + 1}: {json.dumps(repeats[-1])}", flush=True)
             results[kind] = {"summary": summarize(repeats), "repeats": repeats}
-    results["total_seconds"] = round(time.perf_counter() - started, 1)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    for kind in kinds:
-        print(kind, json.dumps(results[kind]["summary"]))
-    print(f"wrote {args.out}")
-    return 0
+    return results
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What ``benchmarks.run`` prints: medians per instance kind."""
+    lines = [f"partitions: {result['customers']:,} customers, median of {result['repeats']}"]
+    for kind in ("postgres", "sqlite"):
+        s = result[kind]["summary"]
+        lines.append(
+            f"  {kind:<8} "
+            + ", ".join(
+                f"{k} {s[k]['median_wall_s']:.3f} s"
+                for k in ("add_one_call", "add_chunks", "list", "has_one", "submit_backfill")
+            )
+        )
+    return lines

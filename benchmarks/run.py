@@ -16,6 +16,9 @@ accuracy                  model WAPE against the seasonal-naive baseline on the 
 real_load                 (only with --only) the published 48 h forecast of real load (SimBench
                           profiles, Taylor) through forecast_job at several origins, against
                           seasonal naive on the same hours; see benchmarks/real_load.py
+partitions                (only with --only) 10,000 customers as dynamic partitions on the
+                          production instance's PostgreSQL and on SQLite: add, list, submit a
+                          backfill of all; see benchmarks/partitions.py
 
 Timings are wall-clock seconds on a shared machine: they are figures to compare within one run,
 never thresholds for a test.
@@ -58,9 +61,17 @@ DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results.json"
 DATA_END = pd.Timestamp("2025-11-03", tz="UTC")
 SEED = 0
 
-BENCHMARKS = ("generator", "graph_vs_scripts", "preprocessing_throughput", "accuracy", "real_load")
-# real_load takes about 19 minutes at its default size: it runs only when named in --only.
-DEFAULT_BENCHMARKS = BENCHMARKS[:-1]
+BENCHMARKS = (
+    "generator",
+    "graph_vs_scripts",
+    "preprocessing_throughput",
+    "accuracy",
+    "real_load",
+    "partitions",
+)
+# real_load takes about 19 minutes at its default size, partitions needs PostgreSQL's server
+# binaries: they run only when named in --only.
+DEFAULT_BENCHMARKS = BENCHMARKS[:-2]
 
 # Goals stated in the issue.
 GOAL_GRAPH_RATIO = 1.5
@@ -887,6 +898,12 @@ def bench_real_load(work: Path, args: argparse.Namespace, cache: dict) -> dict[s
     return run(work, args, cache)
 
 
+def bench_partitions(work: Path, args: argparse.Namespace, cache: dict) -> dict[str, Any]:
+    from benchmarks.partitions import bench_partitions as run
+
+    return run(work, args, cache)
+
+
 # Main -----------------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict], dict[str, Any]]] = {
@@ -895,6 +912,7 @@ RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict], dict[str, Any]]] =
     "preprocessing_throughput": bench_preprocessing,
     "accuracy": bench_accuracy,
     "real_load": bench_real_load,
+    "partitions": bench_partitions,
 }
 
 
@@ -958,6 +976,10 @@ def summary(results: Mapping[str, Any]) -> str:
         from benchmarks.real_load import summary_lines
 
         out.extend(summary_lines(b["real_load"]))
+    if "partitions" in b:
+        from benchmarks.partitions import summary_lines as partition_lines
+
+        out.extend(partition_lines(b["partitions"]))
     code = results["code_at_start"]
     out.append(
         f"code: {code['git_commit'][:12]}"
@@ -979,7 +1001,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         choices=BENCHMARKS,
         default=list(DEFAULT_BENCHMARKS),
-        help="benchmarks to run (default: all but real_load)",
+        help="benchmarks to run (default: all but real_load and partitions)",
     )
     parser.add_argument(
         "--graph-days", type=int, default=365, help="days of 15-minute data (graph_vs_scripts)"
@@ -1013,6 +1035,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--real-origins", type=int, default=6, help="real_load: forecast origins per customer"
+    )
+    parser.add_argument(
+        "--partition-customers", type=int, default=10_000, help="partitions: customers to add"
+    )
+    parser.add_argument("--partition-repeats", type=int, default=3, help="partitions: repeats")
+    parser.add_argument(
+        "--postgres-url", help="partitions: a PostgreSQL server to create throwaway databases on"
     )
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
