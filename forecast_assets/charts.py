@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: no display in a run worker or CI
-
-import matplotlib.dates as mdates
-import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
 
 from forecast_core.backtest import total_load
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_PNG_BYTES = 60_000
 # Days of actual load drawn before a forecast, and hours listed in its table.
@@ -31,6 +27,18 @@ HISTORY_DAYS = 7
 NEXT_HOURS = 12
 
 ACTUAL, FORECAST, BASELINE, BAND = "#222222", "#1f77b4", "#ff7f0e", "#1f77b4"
+
+
+def _pyplot() -> Any:
+    """pyplot, imported when a chart is first drawn: the daemon, code servers and webserver
+    load the code location but never draw, and pyplot is about a sixth of the CPU of loading
+    it (benchmarks/README.md, backfill, "After")."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: no display in a run worker or CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def png_markdown(fig: Figure, alt: str) -> str:
@@ -43,7 +51,7 @@ def png_markdown(fig: Figure, alt: str) -> str:
         else:
             raise ValueError(f"chart '{alt}' is {len(png)} bytes even at {dpi} dpi")
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
@@ -59,13 +67,15 @@ def _palette_png(fig: Figure, dpi: int) -> bytes:
 
 
 def _figure() -> tuple[Figure, Any]:
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = _pyplot().subplots(figsize=(9, 3.2))
     ax.grid(True, alpha=0.3)
     ax.set_ylabel("kWh per interval")
     return fig, ax
 
 
 def _time_axis(ax: Any, timezone: str) -> None:
+    import matplotlib.dates as mdates  # with pyplot, already imported by _figure
+
     locator = mdates.AutoDateLocator(tz=timezone, maxticks=10)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone))

@@ -106,6 +106,17 @@ def build_definitions(
         sensors=[raw_files_sensor, model_registry_sensor, customer_overview_sensor],
         schedules=[weekly_training_schedule, daily_forecast_schedule],
         resources=resources_for(environment or current_environment()),
+        # Every job (and the implicit asset job the UI and sensors use) runs its steps in the
+        # run worker, one after another. A step's heavy work is a SageMaker job (locally a
+        # subprocess), so a step process would do nothing but wait; yet the multiprocess
+        # executor starts one per step, each importing Dagster and this code location again:
+        # about 25 CPU-s per per-customer run, more than the customer's jobs. In process,
+        # Dagster's CPU in a backfill fell 3.3x (benchmarks/README.md, backfill). Little is
+        # lost by running steps in series: the steps that launch jobs form a chain (prep,
+        # train, infer), and pools still cap SageMaker jobs across runs (the in-process
+        # executor claims op-granularity slots too). A killed run worker takes its step with
+        # it, and the job's guard stops the job (resources/jobs/sandbox.py).
+        executor=dg.in_process_executor,
     )
 
 

@@ -10,10 +10,11 @@ on SageMaker; each host writes its Pipes messages to a file of its own
 (``forecast_core.runtime.host_message_params``), and the session reads all N and waits for each
 host's ``closed``.
 
-A job outlives nothing that launched it. If the step process dies, the sandbox's guard kills
-the job. If the run worker dies while the step process lives on (a spawned step process is
-not killed with its parent), the code server marks the run failed, and the wait loop here,
-which checks the run's status every few seconds, stops the job. Before each job starts, old
+A job outlives nothing that launched it. If the process that runs the step dies (the run worker
+under the in-process executor the code location uses), the sandbox's guard kills the job. If the
+run worker dies while a step process lives on (possible under a multiprocess executor: a spawned
+step process is not killed with its parent), the code server marks the run failed, and the wait
+loop here, which checks the run's status every few seconds, stops the job. Before each job starts, old
 job folders are pruned (``resources.jobs.cleanup``).
 """
 
@@ -184,8 +185,9 @@ def _run_ended(
 ) -> Callable[[], str | None]:
     """A stop flag for the job: why, once its Dagster run has ended or is being cancelled.
 
-    The run worker can die (SIGKILL, the OOM killer) while this step process lives on, and the
-    step would otherwise wait for its job to the end and publish into a run that has failed.
+    The run can end while this step still waits: cancelled from the UI, or (under a
+    multiprocess executor) failed because its run worker died while the step process lives
+    on; the step would otherwise wait for its job to the end and publish into a run that ended.
     """
     next_check = time.monotonic() + every
 
