@@ -9,6 +9,7 @@ customers on 3 instances (slow).
 """
 
 import json
+import re
 import textwrap
 from typing import Any
 
@@ -537,8 +538,9 @@ def _check_seven(result: dg.ExecuteInProcessResult, store) -> dict[str, dict[str
 
 
 def _shares_in(lines: list[str]) -> list[str]:
-    """The customers a host's log says it processed (run_each's 'customer 'x' (i of n)')."""
-    return [line.split("'")[1] for line in lines if line.startswith("customer '")]
+    """The customers a host's log says it processed (run_each's 'customer 'x' (i of n)'; the
+    training script's progress lines, 'customer 'x': ...', are not shares)."""
+    return [m[1] for line in lines if (m := re.fullmatch(r"customer '(.*)' \(\d+ of \d+\)", line))]
 
 
 @pytest.mark.slow

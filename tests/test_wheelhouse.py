@@ -468,7 +468,11 @@ def test_bootstrap_names_the_missing_wheelhouse(tmp_path: Path, monkeypatch: pyt
     job_code.bundle("inference", wheelhouse=house).write_to(code)
     bootstrap = load_bootstrap(code)
     assert bootstrap.find_links(code / "requirements.txt") == [ml / "processing/input/wheels"]
-    monkeypatch.setattr(bootstrap, "REQUIRED_MODULES", ("pandas", "no_such_module_here"))
+    # Everything the bundle names is installed here; one package more is not.
+    assert bootstrap.missing_packages(code / "requirements.txt") == []
+    with (code / "requirements.txt").open("a") as requirements:
+        requirements.write("no-such-package-here==1.0  # not in the image\n")
+    assert bootstrap.missing_packages(code / "requirements.txt") == ["no-such-package-here"]
     monkeypatch.setattr(sys, "argv", ["bootstrap.py", "predict.py"])
     monkeypatch.setenv("SM_OUTPUT_DIR", str(ml / "output"))
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -476,7 +480,7 @@ def test_bootstrap_names_the_missing_wheelhouse(tmp_path: Path, monkeypatch: pyt
         bootstrap.main()
     assert exited.value.code == 1
     message = (ml / "output/message").read_text()
-    assert "no_such_module_here not in the image" in message
+    assert "no-such-package-here not in the image" in message
     assert f"{ml / 'processing/input/wheels'}, is not staged" in message
 
 
@@ -672,12 +676,19 @@ def test_jobs_install_and_run_with_the_network_blocked(tmp_path: Path):
         write_raw,
     )
 
-    # The wheelhouse, from PyPI, for this interpreter: the one the stand-in image runs.
-    house = job_code.prebuilt_image_wheelhouse(
-        "preprocessing", target=job_code.WheelTarget.current(), cache_dir=tmp_path / "wheelhouse"
-    )
+    # Each job's wheelhouse, from PyPI, for this interpreter: the one the stand-in image runs.
+    # Training and inference need LightGBM on top of what preprocessing needs.
+    houses = {
+        job: job_code.prebuilt_image_wheelhouse(
+            job, target=job_code.WheelTarget.current(), cache_dir=tmp_path / "wheelhouse"
+        )
+        for job in JOB_NAMES
+    }
     for job in JOB_NAMES:
-        assert job_code.wheel_requirements(job) == house.requirements
+        assert job_code.wheel_requirements(job) == houses[job].requirements
+    assert "lightgbm==4.7.0" in houses["training"].requirements
+    assert "lightgbm==4.7.0" not in houses["preprocessing"].requirements
+    house = houses["preprocessing"]
 
     processing_python, env = image_base_venv(tmp_path / "processing-venv")
     probe = run_in(
@@ -729,10 +740,10 @@ def test_jobs_install_and_run_with_the_network_blocked(tmp_path: Path):
     ml = tmp_path / "train/opt/ml"
     code = ml / "code"
     code.mkdir(parents=True)
-    tarball = job_code.bundle("training", wheelhouse=house).tarball()
+    tarball = job_code.bundle("training", wheelhouse=houses["training"]).tarball()
     with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as tar:
         tar.extractall(code, filter="data")
-    stage_wheels(house, ml / "input/data/wheels")
+    stage_wheels(houses["training"], ml / "input/data/wheels")
     channel = ml / "input/data/train"
     channel.mkdir(parents=True)
     shutil.copy(output / "load.parquet", channel / "load.parquet")
@@ -754,7 +765,8 @@ def test_jobs_install_and_run_with_the_network_blocked(tmp_path: Path):
     )
     assert plain.returncode == 0, plain.stdout + plain.stderr
 
-    # Inference on the processing stand-in, whose packages are now installed: no second install.
+    # Inference on the processing stand-in, where preprocessing installed its packages: only
+    # what inference needs on top (LightGBM) is installed, from its own wheelhouse.
     model_dir = ml / "model"
     ml = tmp_path / "infer/opt/ml"
     model_in, history, forecast = (
@@ -766,8 +778,8 @@ def test_jobs_install_and_run_with_the_network_blocked(tmp_path: Path):
     pack_model(model_dir, model_in / "model.tar.gz")
     shutil.copy(output / "load.parquet", history / "load.parquet")
     code = ml / "processing/input/code"
-    job_code.bundle("inference", wheelhouse=house).write_to(code)
-    stage_wheels(house, ml / "processing/input/wheels")
+    job_code.bundle("inference", wheelhouse=houses["inference"]).write_to(code)
+    stage_wheels(houses["inference"], ml / "processing/input/wheels")
     args = ["--customer-id", CUSTOMER.customer_id, "--model-version", "v1"]
     args += ["--model-dir", str(model_in), "--history-dir", str(history)]
     args += ["--output-dir", str(forecast), "--horizon-hours", "24", "--issued-at", ISSUED_AT]
@@ -779,5 +791,5 @@ def test_jobs_install_and_run_with_the_network_blocked(tmp_path: Path):
         SM_OUTPUT_DIR=str(ml / "output"),
     )
     assert infer.returncode == 0, infer.stdout + infer.stderr
-    assert "installing" not in infer.stdout
+    assert "(lightgbm not in the image)" in infer.stdout
     assert (forecast / "forecast.parquet").exists()

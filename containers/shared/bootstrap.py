@@ -11,7 +11,8 @@ Usage (ContainerEntrypoint): python3 bootstrap.py <script.py> [script arguments.
 """
 
 import importlib
-import importlib.util
+import importlib.metadata
+import re
 import runpy
 import shlex
 import subprocess
@@ -20,7 +21,23 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REQUIRED_MODULES = ("pandas", "pyarrow", "sklearn", "joblib", "holidays", "dagster_pipes")
+
+
+def missing_packages(requirements: Path) -> list[str]:
+    """The packages ``requirements`` names that are not installed. The bundle's requirements.txt
+    names what the job needs beyond its image (every package, in a custom image that has them
+    all), so each job asks for its own: inference needs LightGBM, preprocessing does not."""
+    missing = []
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        name = re.split(r"[\s=<>!~;\[]", line, maxsplit=1)[0]
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
 
 
 def find_links(requirements: Path) -> list[Path]:
@@ -73,7 +90,7 @@ def install(missing: list[str]) -> None:
 def main() -> None:
     script, *args = sys.argv[1:]
     sys.path.insert(0, str(HERE))
-    missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
+    missing = missing_packages(HERE / "requirements.txt")
     if missing:
         install(missing)
     sys.argv = [str(HERE / script), *args]
