@@ -86,9 +86,21 @@ def tail(path: Path, lines: int = 60) -> str:
 def dagster_dev(env: dict[str, str], log: Path, port: int) -> Iterator[subprocess.Popen]:
     """`dagster dev -w workspace.yaml` (webserver, daemon, code server) in its own process
     group, answering on ``port``; stopped as a whole on exit."""
+    with serving(
+        [executable("dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)], env, log, port
+    ) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], env: dict[str, str], log: Path, port: int
+) -> Iterator[subprocess.Popen]:
+    """``command`` in its own process group from the repository root, its output in ``log``,
+    once a webserver answers on ``port``; the whole group stopped on exit."""
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [executable("dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)],
+            command,
             cwd=REPO_ROOT,
             env=env,
             stdout=log_file,
@@ -178,24 +190,13 @@ def dagster_webserver(
 ) -> Iterator[subprocess.Popen]:
     """`dagster-webserver` alone (no daemon) on ``code`` (default: workspace.yaml), in its own
     process group, answering on ``port``; stopped as a whole on exit."""
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                executable("dagster-webserver"),
-                *(code or ["-w", "workspace.yaml"]),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for_webserver(process, f"http://127.0.0.1:{port}", log)
+    command = [
+        executable("dagster-webserver"),
+        *(code or ["-w", "workspace.yaml"]),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    with serving(command, env, log, port) as process:
         yield process
-    finally:
-        stop_process_group(process)

@@ -258,17 +258,7 @@ def test_inference_forecasts_the_requested_horizon_after_the_last_reading(pipeli
     assert (forecast["energy_kwh"] >= 0).all()
     assert set(forecast["model_version"]) == {"v1"}
     assert set(forecast["source"]) == {"newest"}  # the default with a model
-    assert list(forecast.columns) == [
-        "timestamp",
-        "device_id",
-        "energy_kwh",
-        "p10_kwh",
-        "p90_kwh",
-        "model_kind",
-        "model_version",
-        "source",
-        "issued_at",
-    ]
+    assert list(forecast.columns) == SOURCE_COLUMNS
     assert (forecast["p10_kwh"] <= forecast["energy_kwh"]).all()
     assert (forecast["energy_kwh"] <= forecast["p90_kwh"]).all()
     assert (forecast["p90_kwh"] > forecast["p10_kwh"]).mean() > 0.9  # a real interval
