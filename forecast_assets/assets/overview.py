@@ -268,9 +268,13 @@ def overview_markdown(rows: Sequence[CustomerStatus], now: datetime) -> str:
         age = f"{r.forecast_age_hours:.0f} h" if r.forecast_age_hours is not None else ""
         model = f"{r.model_version} ({r.approval})" if r.model_version else ""
         why = r.why.replace("|", "/")
+        # The fallback's "model version" only repeats that it is seasonal naive.
+        by = r.forecast_source
+        if r.forecast_source != "seasonal_naive_fallback":
+            by = f"{by} {r.forecast_model}".strip()
         lines.append(
             f"| **{r.status.upper()}** | {r.customer} | {why} | {r.latest_data} | {model} | "
-            f"{ratio} | {r.forecast_source} {r.forecast_model} | {age} |"
+            f"{ratio} | {by} | {age} |"
         )
     return "\n".join(lines)
 
