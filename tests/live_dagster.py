@@ -92,14 +92,11 @@ def dagster_dev(env: dict[str, str], log: Path, port: int) -> Iterator[subproces
         yield process
 
 
-@contextlib.contextmanager
-def serving(
-    command: list[str], env: dict[str, str], log: Path, port: int
-) -> Iterator[subprocess.Popen]:
-    """``command`` in its own process group from the repository root, its output in ``log``,
-    once a webserver answers on ``port``; the whole group stopped on exit."""
+def start_in_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``command`` started in its own process group from the repository root, its output in
+    ``log`` (stop it with :func:`stop_process_group`)."""
     with log.open("wb") as log_file:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             cwd=REPO_ROOT,
             env=env,
@@ -107,6 +104,15 @@ def serving(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], env: dict[str, str], log: Path, port: int
+) -> Iterator[subprocess.Popen]:
+    """``command`` in its own process group from the repository root, its output in ``log``,
+    once a webserver answers on ``port``; the whole group stopped on exit."""
+    process = start_in_group(command, env, log)
     try:
         wait_for_webserver(process, f"http://127.0.0.1:{port}", log)
         yield process

@@ -32,7 +32,7 @@ from forecast_assets.definitions import build_definitions
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from resources.database import Database
 from tests.conftest import _free_port, land
-from tests.live_dagster import REPO_ROOT, executable, stop_process_group, tail
+from tests.live_dagster import REPO_ROOT, executable, start_in_group, stop_process_group, tail
 
 DEPLOY = REPO_ROOT / "deploy"
 PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_DB")
@@ -251,18 +251,6 @@ def _wait_for_code_server(process: subprocess.Popen, port: int, log: Path) -> No
     pytest.fail(f"the code server did not load the definitions in 120 s:\n{tail(log)}")
 
 
-def _started(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def _deploy_command(port: int) -> list[str]:
     """The image's CMD, on ``port`` and 127.0.0.1, with this virtualenv's dagster."""
     (cmd,) = [args for word, args in dockerfile_instructions() if word == "CMD"]
@@ -309,10 +297,10 @@ def test_the_production_instance_runs_the_graph_and_a_backfill_on_postgresql(
         (home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
         env = {**os.environ, "FORECAST_BACKFILL_BATCH_SIZE": "2", "PYTHONUNBUFFERED": "1"}
         code_log, daemon_log = tmp_path / "code-server.log", tmp_path / "daemon.log"
-        code_server = _started(_deploy_command(port), env, code_log)
+        code_server = start_in_group(_deploy_command(port), env, code_log)
         try:
             _wait_for_code_server(code_server, port, code_log)
-            daemon = _started(
+            daemon = start_in_group(
                 [executable("dagster-daemon"), "run", "-w", str(home / "workspace.yaml")],
                 env,
                 daemon_log,
