@@ -14,6 +14,7 @@ from dagster_aws.s3 import S3Resource
 
 from forecast_assets.approval import model_registry_sensor
 from forecast_assets.assets import ALL_ASSETS, REPORT_ASSETS, customer_overview_sensor
+from forecast_assets.continuation import batch_continuation_sensor
 from forecast_assets.environment import Environment, backfill_batch_size, current_environment
 from forecast_assets.jobs import ALL_JOBS
 from forecast_assets.schedules import daily_forecast_schedule, weekly_training_schedule
@@ -103,7 +104,12 @@ def build_definitions(
         # The reports over every customer are unpartitioned: no backfill policy of their own.
         assets=[*assets_with_batches(batch_size or backfill_batch_size()), *REPORT_ASSETS],
         jobs=ALL_JOBS,
-        sensors=[raw_files_sensor, model_registry_sensor, customer_overview_sensor],
+        sensors=[
+            raw_files_sensor,
+            model_registry_sensor,
+            customer_overview_sensor,
+            batch_continuation_sensor,
+        ],
         schedules=[weekly_training_schedule, daily_forecast_schedule],
         resources=resources_for(environment or current_environment()),
         # Every job (and the implicit asset job the UI and sensors use) runs its steps in the

@@ -22,7 +22,7 @@ from forecast_assets.backfill import (
 from forecast_assets.definitions import build_definitions
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from forecast_assets.environment import backfill_batch_size
-from forecast_assets.publication import MANIFESTS, PREPROCESSED
+from forecast_assets.publication import PREPROCESSED
 from resources.database import Database
 from resources.jobs.settings import MAX_RUNTIME_SECONDS, default_settings
 from resources.storage import LocalObjectStore
@@ -284,59 +284,6 @@ def test_a_batch_forecasts_every_customer_with_the_best_model_it_has(instance, d
         assert len(stored) == 48 * next(
             c.devices for c in DEMO_CUSTOMERS if c.customer_id == customer
         )
-
-
-@pytest.mark.slow
-def test_a_batch_is_all_or_nothing_and_names_every_bad_customer(instance, data_home, store):
-    customers = _customers(3)
-    land(store, customers, days=75)
-    bad = customers[1]
-    store.write_bytes(store.uri("landing", bad, "broken.csv"), b"this is not a meter export\n")
-    instance.add_dynamic_partitions("customers", customers)
-    job = build_definitions("local", batch_size=3).resolve_job_def("forecast_job")
-    result = job.execute_in_process(
-        instance=instance, tags=_batch_tags(customers), raise_on_error=False
-    )
-    assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "landing__raw_load"
-    message = failure.step_failure_data.error.message
-    assert "1 of 3 customer(s) have raw files that cannot be used" in message
-    assert f"customer '{bad}'" in message and "broken.csv" in message
-    # Nothing was recorded for the good customers either, and no job ran.
-    for customer in customers:
-        assert publication.current(store, MANIFESTS, customer) is None
-    assert _jobs_launched(data_home) == []
-
-
-@pytest.mark.slow
-def test_a_customer_failing_inside_a_batch_job_fails_the_step_and_publishes_nothing(
-    instance, data_home, store
-):
-    good, short = _customers(2)
-    land(store, [good], days=75)
-    land(store, [short], days=30)  # too little history to train on
-    instance.add_dynamic_partitions("customers", [good, short])
-    job = build_definitions("local", batch_size=2).resolve_job_def("training_job")
-    result = job.execute_in_process(
-        instance=instance,
-        tags=_batch_tags([good, short]),
-        run_config=FAST_TRAINING,
-        raise_on_error=False,
-    )
-    assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "models__load_forecast_model"
-    message = failure.step_failure_data.error.message
-    assert "1 of 2 customers failed" in message
-    assert f"customer '{short}'" in message and "days of load data" in message
-    # Each failed customer's whole reason, as the job reported it through Pipes.
-    assert f"Each failed customer:\ncustomer '{short}': " in message
-    # Preprocessing succeeded for both; no model was registered or published for either.
-    assert publication.current(store, PREPROCESSED, good) is not None
-    database = Database()
-    assert database.latest_approved_model(good) is None
-    assert not store.list_objects(store.uri("models") + "/")
 
 
 # The UI and the command line, through the daemon ---------------------------------------------

@@ -553,34 +553,45 @@ def test_preprocessing_batch_goes_on_after_a_failed_customer(tmp_path):
     bad, good = OTHER.customer_id, CUSTOMER.customer_id
     # The failing customer comes first: the next one must still run.
     proc, output, manifests = preprocess_batch(tmp_path, [OTHER, CUSTOMER], days=3, tamper=bad)
-    assert proc.returncode == 1
+    # The job completes, so SageMaker uploads the good customer's output.
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "opt/ml/output/message").exists()
     assert sorted(p.name for p in (output / good).iterdir()) == [
         "devices.json",
         "load.parquet",
         "quality.json",
     ]
     assert not (output / bad).exists()
-    message = (tmp_path / "opt/ml/output/message").read_text()
     uri = manifests[bad]["files"][0]["uri"]
-    assert message.startswith(f"1 of 2 customers failed: customer '{bad}', file '{uri}': ")
-    assert "content changed since it was validated" in message
     lines = reports(proc.stdout)
     assert sorted(lines) == [f"failed[{bad}]", f"report[{good}]"]
-    assert message == "1 of 2 customers failed: " + lines[f"failed[{bad}]"]
+    reason = lines[f"failed[{bad}]"]
+    assert reason.startswith(f"customer '{bad}', file '{uri}': ")
+    assert "content changed since it was validated" in reason
+    assert f"1 of 2 customers failed: {reason} (the others' outputs are written" in proc.stdout
+
+
+def test_preprocessing_batch_fails_when_every_customer_failed(tmp_path):
+    proc, _, _ = preprocess_batch(tmp_path, [OTHER], days=3, tamper=OTHER.customer_id)
+    assert proc.returncode == 1
+    message = (tmp_path / "opt/ml/output/message").read_text()
+    assert message.startswith(f"1 of 1 customers failed: customer '{OTHER.customer_id}', file ")
 
 
 def test_training_batch_goes_on_after_a_failed_customer(batch_pipeline, tmp_path):
     bad, good = OTHER.customer_id, CUSTOMER.customer_id
     load = batch_pipeline["preprocessed"] / good / "load.parquet"
     proc, ml = train_batch(tmp_path, {good: load, bad: None})
-    assert proc.returncode == 1
+    assert proc.returncode == 0, proc.stderr
+    assert not (ml / "output/failure").exists()
     assert (ml / "model" / good / "model.joblib").exists()
     assert (ml / "output/data" / good / "backtest.csv").exists()
     assert not (ml / "model" / bad).exists()
-    assert (ml / "output/failure").read_text() == (
-        f"1 of 2 customers failed: customer '{bad}': training channel has no {bad}/load.parquet"
+    lines = reports(proc.stdout)
+    assert sorted(lines) == [f"failed[{bad}]", f"report[{good}]"]
+    assert lines[f"failed[{bad}]"] == (
+        f"customer '{bad}': training channel has no {bad}/load.parquet"
     )
-    assert sorted(reports(proc.stdout)) == [f"failed[{bad}]", f"report[{good}]"]
 
 
 def test_inference_batch_goes_on_after_a_failed_customer(batch_pipeline, tmp_path):
@@ -589,13 +600,13 @@ def test_inference_batch_goes_on_after_a_failed_customer(batch_pipeline, tmp_pat
     proc, output = infer_batch(
         tmp_path, {bad: ("v2", model / bad, None), good: ("v1", model / good, load)}
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 0, proc.stderr
     assert (output / good / "forecast.parquet").exists()
     assert not (output / bad).exists()
-    message = (tmp_path / "opt/ml/output/message").read_text()
     history = tmp_path / "opt/ml/processing/input/history" / bad
-    assert message == f"1 of 2 customers failed: customer '{bad}': no load.parquet in {history}"
-    assert sorted(reports(proc.stdout)) == [f"failed[{bad}]", f"report[{good}]"]
+    lines = reports(proc.stdout)
+    assert sorted(lines) == [f"failed[{bad}]", f"report[{good}]"]
+    assert lines[f"failed[{bad}]"] == f"customer '{bad}': no load.parquet in {history}"
 
 
 def test_inference_batch_refuses_an_entry_without_model_version(tmp_path):
@@ -744,13 +755,16 @@ def test_run_each_goes_on_after_failures_and_sums_them_up(capsys):
         return {"rows": len(customer)}
 
     entries = [{"customer_id": c} for c in ("b", "a", "c", "dd")]
-    with pytest.raises(BatchFailed) as info:
-        run_each(Report(), entries, work)
-    assert str(info.value) == (
-        "2 of 4 customers failed: customer 'b', file 'x.csv': broken; "
-        "customer 'c': KeyError: 'energy_kwh'"
-    )
+    failures = run_each(Report(), entries, work)
+    assert failures == [
+        "customer 'b', file 'x.csv': broken",
+        "customer 'c': KeyError: 'energy_kwh'",
+    ]
     out = capsys.readouterr().out
+    assert (
+        "2 of 4 customers failed: customer 'b', file 'x.csv': broken; "
+        "customer 'c': KeyError: 'energy_kwh' (the others' outputs are written; the job completes)"
+    ) in out
     assert reports(out) == {
         "failed[b]": "customer 'b', file 'x.csv': broken",
         "report[a]": {"rows": 1},
@@ -758,6 +772,17 @@ def test_run_each_goes_on_after_failures_and_sums_them_up(capsys):
         "report[dd]": {"rows": 2},
     }
     assert list(reports(out)) == ["failed[b]", "report[a]", "failed[c]", "report[dd]"]
+
+
+def test_run_each_fails_the_job_only_when_every_customer_failed(capsys):
+    def work(entry):
+        raise ValueError(f"customer '{entry['customer_id']}': no rows")
+
+    with pytest.raises(BatchFailed) as info:
+        run_each(Report(), [{"customer_id": "a"}, {"customer_id": "b"}], work)
+    assert (
+        str(info.value) == "2 of 2 customers failed: customer 'a': no rows; customer 'b': no rows"
+    )
 
 
 def test_run_each_without_failures_returns(capsys):

@@ -56,7 +56,8 @@ def test_a_failed_blocking_check_publishes_nothing_and_names_meter_value_and_fil
     result = materialize(instance, local_resources, CUSTOMER, [RAW, PRE])
     assert not result.success
     message = step_errors(result)
-    assert "failed a blocking check of preprocessed/load; nothing was published" in message
+    assert "failed at preprocessed/load; nothing of theirs was published" in message
+    assert "plausible_values failed" in message
     assert f"customer '{CUSTOMER}'" in message
     assert "meter 'spiky-1' 1000.3 kWh at 2025-10-21 01:00 UTC" in message
     assert spiky in message  # where the value came from
@@ -88,7 +89,7 @@ def test_an_implausible_forecast_is_not_published_and_the_last_good_one_stays(
     assert not result.success
     message = step_errors(result)
     assert "forecast_sanity failed" in message and f"customer '{CUSTOMER}'" in message
-    assert "nothing was published and the last good outputs stay" in message
+    assert "nothing of theirs was published and their last good outputs stay" in message
     assert published_snapshot(store, CUSTOMER) == before
     pd.testing.assert_frame_equal(Database().latest_forecast(CUSTOMER), stored)
 

@@ -24,6 +24,18 @@ GROUP = "forecasting"
 PROCESSING_POOL = "sagemaker-processing"
 TRAINING_POOL = "sagemaker-training"
 
+# The metadata key of the observation that records why a customer's step failed.
+FAILED_REASON = "failed_reason"
+
+StepEvent = (
+    dg.MaterializeResult
+    | dg.AssetMaterialization
+    | dg.AssetObservation
+    | dg.AssetCheckEvaluation
+    | dg.Output
+)
+"""What a step yields (see :func:`finish_step`)."""
+
 
 def customer_ids(context: dg.AssetExecutionContext) -> list[str]:
     """The step's customers, validated before they are used in a path, a job name or a query.
@@ -206,59 +218,91 @@ def job_reports(job: CompletedJob, customers: list[str]) -> dict[str, dict[str, 
     return {customer: reported.get(customer, {}) for customer in customers}
 
 
-def fail_for_customers(problems: dict[str, str], total: int, what: str) -> None:
-    """Fail the step when any of its customers cannot go on, naming each and why."""
-    if problems:
-        raise dg.Failure(
-            description=f"{len(problems)} of {total} customer(s) {what}:\n"
-            + "\n".join(problems.values()),
-            metadata={"failed_customers": dg.MetadataValue.json(sorted(problems))},
-        )
+def blocked_customers(
+    checks: dict[str, list[dg.AssetCheckResult]], blocking: set[str]
+) -> dict[str, str]:
+    """The customers whose blocking check failed, each with one line per failed check.
 
-
-def stop_if_blocked(
-    context: dg.AssetExecutionContext,
-    checks: dict[str, list[dg.AssetCheckResult]],
-    blocking: set[str],
-) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
-    """Before anything is published: if a blocking check failed for any customer, yield every
-    customer's check results on its own partition and fail the step; yields nothing when every
-    blocking check passed.
-
-    Used as ``yield from stop_if_blocked(...)`` in a step, so the failed check shows on the
-    customer's partition and the error names each customer and what its check found. Nothing of
-    the step is published and the last good outputs stay as they were (the failed result points
-    at the customer's current materialization, which is still what readers see).
+    Nothing of theirs may be published; the other customers of the step go on.
     """
-    failure = blocking_failure(context.asset_key, checks, blocking)
-    if failure is not None:
-        yield from check_evaluations(context, checks)
-        raise failure
+    blocked = {}
+    for customer, results in checks.items():
+        lines = [
+            f"{r.check_name} failed: {r.description or f'customer {customer!r}'}"
+            for r in results
+            if r.check_name in blocking and not r.passed
+        ]
+        if lines:
+            blocked[customer] = "; ".join(lines)
+    return blocked
 
 
-def blocking_failure(
-    asset_key: dg.AssetKey,
-    checks: dict[str, list[dg.AssetCheckResult]],
-    blocking: set[str],
-) -> dg.Failure | None:
-    """The step's failure if a blocking check failed for any customer; None otherwise."""
-    failed = {
-        customer: [r for r in results if r.check_name in blocking and not r.passed]
-        for customer, results in checks.items()
-    }
-    failed = {c: results for c, results in failed.items() if results}
+def finish_step(
+    context: dg.AssetExecutionContext,
+    per_customer: dict[str, dict[str, Any]],
+    shared: dict[str, Any],
+    check_results: dict[str, list[dg.AssetCheckResult]],
+    failed: dict[str, str],
+    **kwargs: Any,
+) -> Iterator[StepEvent]:
+    """How every step ends: its customers' materializations and check results, and a failure
+    naming each customer that could not go on. Used as ``yield from finish_step(...)``.
+
+    ``per_customer`` holds the customers whose outputs were published (or reused), ``failed``
+    the others with their reason (a bad file, a blocking check, a failed fit). With no failure
+    this is :func:`materialize_with_checks`. Otherwise one batch customer's failure must not
+    withhold the others' outputs: each published customer gets its own
+    ``AssetMaterialization`` on its partition, every customer's check results land on its
+    partition, each failed customer gets an ``AssetObservation`` on its partition carrying
+    ``failed_reason`` (the overview and the partition's page show it), and then the step fails
+    naming every failed customer. Dagster then shows the published partitions Materialized and
+    the failed ones Failed; the steps after this one skip in this run, and
+    ``batch_continuation_sensor`` (``forecast_assets.continuation``) runs them next for the
+    customers that got through.
+    """
     if not failed:
-        return None
-    lines = [
-        f"{r.check_name} failed: {r.description or f'customer {c!r}'}"
-        for c, results in failed.items()
-        for r in results
-    ]
+        yield from materialize_with_checks(context, per_customer, shared, check_results, **kwargs)
+        return
+    for customer, metadata in per_customer.items():
+        yield dg.AssetMaterialization(
+            asset_key=context.asset_key,
+            partition=customer,
+            metadata={
+                **shared,
+                **metadata,
+                **check_summary(check_results.get(customer, [])),
+                "batch_customers": len(per_customer) + len(failed),
+            },
+        )
+    yield from check_evaluations(context, check_results)
+    for customer, reason in failed.items():
+        yield dg.AssetObservation(
+            asset_key=context.asset_key,
+            partition=customer,
+            metadata={FAILED_REASON: reason, "run_id": context.run_id},
+        )
+    raise customers_failure(context.asset_key, failed, sorted(per_customer))
+
+
+def customers_failure(
+    asset_key: dg.AssetKey, failed: dict[str, str], materialized: list[str]
+) -> dg.Failure:
+    """The step's failure: which customers failed and why, and which were materialized."""
+    total = len(failed) + len(materialized)
+    went_on = (
+        f"; the other {len(materialized)} were materialized and their next steps run in a "
+        "follow-up run (batch_continuation_sensor)"
+        if materialized
+        else ""
+    )
     return dg.Failure(
-        description=f"{len(failed)} of {len(checks)} customer(s) failed a blocking check of "
-        f"{asset_key.to_user_string()}; nothing was published and the last good outputs stay:\n"
-        + "\n".join(lines),
-        metadata={"failed_customers": dg.MetadataValue.json(sorted(failed))},
+        description=f"{len(failed)} of {total} customer(s) failed at "
+        f"{asset_key.to_user_string()}; nothing of theirs was published and their last good "
+        f"outputs stay{went_on}:\n" + "\n".join(failed.values()),
+        metadata={
+            "failed_customers": dg.MetadataValue.json(sorted(failed)),
+            "materialized_customers": dg.MetadataValue.json(materialized),
+        },
     )
 
 

@@ -13,18 +13,19 @@ from forecast_assets import charts, paths, publication
 from forecast_assets.assets.common import (
     GROUP,
     PROCESSING_POOL,
+    StepEvent,
+    blocked_customers,
     customer_ids,
+    finish_step,
     job_label,
     job_reports,
     job_tags,
-    materialize_with_checks,
     published_metadata,
     read_parquet,
     reused_metadata,
     reused_publications,
     stage_batch_file,
     stage_per_customer,
-    stop_if_blocked,
 )
 from forecast_assets.assets.model import load_forecast_model
 from forecast_assets.assets.preprocessed import preprocessed_load
@@ -61,6 +62,8 @@ class ForecastConfig(dg.Config):
 Source = Literal["newest", "previous_approved", "seasonal_naive_fallback"]
 FALLBACK_VERSION = "seasonal-naive"
 KEY = dg.AssetKey(["forecasts", "load_forecast"])
+# The check that keeps a forecast from being published when it fails.
+BLOCKING_CHECKS = {"forecast_sanity"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def load_forecast(
     store: ObjectStore,
     launcher: JobLauncher,
     database: Database,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
+) -> Iterator[StepEvent]:
     """Forecast load per device for the ``horizon_hours`` after the customer's last reading.
 
     Batch inference as a SageMaker Processing job (``containers/inference``). Every customer with
@@ -137,7 +140,8 @@ def load_forecast(
     are stored in table ``forecasts`` in one transaction (a retried run replaces its own rows),
     and only after that commits does ``forecast.parquet`` become the customer's current version
     (``forecasts/<customer>/current.json``). A failed run leaves the last good forecast in both.
-    Unchanged history, model, code and horizon reuse the current forecast.
+    Unchanged history, model, code and horizon reuse the current forecast. In a batch, a
+    customer whose forecast fails (or fails its check) fails alone; the others are published.
     """
     customers = customer_ids(context)
     tables = publication.require(store, PREPROCESSED, customers, "cannot be forecast")
@@ -186,8 +190,9 @@ def load_forecast(
         if choices[customer].source != "newest":
             context.log.warning(f"customer '{customer}': {choices[customer].why}")
     if not to_run:
-        yield from stop_if_blocked(context, checks, {"forecast_sanity"})
-        yield from materialize_with_checks(context, per_customer, {}, checks)
+        failed = blocked_customers(checks, BLOCKING_CHECKS)
+        per_customer = {c: m for c, m in per_customer.items() if c not in failed}
+        yield from finish_step(context, per_customer, {}, checks, failed)
         return
 
     name = job_name("inference", job_label(to_run), context.run_id, context.retry_number)
@@ -256,18 +261,29 @@ def load_forecast(
 
     # Checked where the job left it, against the customer's own history, before publishing.
     reports = job_reports(job, to_run)
+    failed = {c: reason for c, reason in job.failed_customers().items() if c in to_run}
     forecasts = {}
     for customer in to_run:
+        if customer in failed:
+            continue
         staged_file = join_uri(staged[customer], paths.FORECAST_FILE)
+        if not store.exists(staged_file):
+            failed[customer] = (
+                f"customer '{customer}': the inference job {job.name} wrote no {staged_file}"
+            )
+            continue
         forecasts[customer] = (staged_file, read_parquet(store, staged_file))
         history = read_parquet(store, tables[customer].uri("load.parquet"))
         problems = forecast_problems(
             forecasts[customer][1], history, max_multiple=config.max_multiple_of_history
         )
         checks[customer] = [sanity_check(customer, problems, choices[customer])]
-    yield from stop_if_blocked(context, checks, {"forecast_sanity"})
+    failed.update(blocked_customers(checks, BLOCKING_CHECKS))
+    per_customer = {c: m for c, m in per_customer.items() if c not in failed}
 
     for customer, (staged_file, forecast) in forecasts.items():
+        if customer in failed:
+            continue
         choice = choices[customer]
         made = made_by(forecast, choice, reports[customer])
         if made["source"] != choice.source:
@@ -306,8 +322,8 @@ def load_forecast(
             ),
             "reused": False,
         }
-    yield from materialize_with_checks(
-        context, per_customer, {**job.metadata(), "table": "forecasts"}, checks
+    yield from finish_step(
+        context, per_customer, {**job.metadata(), "table": "forecasts"}, checks, failed
     )
 
 

@@ -18,11 +18,12 @@ from forecast_assets.approval import history_table
 from forecast_assets.assets.common import (
     GROUP,
     TRAINING_POOL,
+    StepEvent,
     customer_ids,
+    finish_step,
     job_label,
     job_reports,
     job_tags,
-    materialize_with_checks,
     stage_batch_file,
     stage_per_customer,
     table_metadata,
@@ -91,12 +92,14 @@ class TrainingConfig(dg.Config):
 
 def read_training_outputs(
     store: ObjectStore, uri: str, members: dict[str, str]
-) -> dict[str, tuple[dict, pd.DataFrame]]:
+) -> tuple[dict[str, tuple[dict, pd.DataFrame]], dict[str, str]]:
     """metrics.json and backtest.csv of each customer from a training job's output.tar.gz.
 
     ``members`` maps each customer to its folder in the archive ("" for a one-customer job).
+    Returns what was found, and for each customer the job wrote nothing for, why.
     """
     found = {}
+    missing = {}
     with tarfile.open(fileobj=io.BytesIO(store.read_bytes(uri))) as tar:
         names = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
         for customer, folder in members.items():
@@ -107,23 +110,26 @@ def read_training_outputs(
                     parse_dates=["origin", "timestamp"],
                 )
             except KeyError as exc:
-                raise dg.Failure(
-                    description=f"customer '{customer}': the training job wrote no {exc.args[0]} "
-                    f"in {uri}"
-                ) from exc
+                missing[customer] = (
+                    f"customer '{customer}': the training job wrote no {exc.args[0]} in {uri}"
+                )
+                continue
             found[customer] = (metrics, backtest)
-    return found
+    return found, missing
 
 
 def split_model_archive(
     store: ObjectStore, archive_uri: str, job: str, customers: list[str]
-) -> dict[str, str]:
-    """Give each customer of a batch training job its own model.tar.gz; returns their URIs.
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Give each customer of a batch training job its own model.tar.gz; returns their URIs,
+    and for each customer the job wrote no model for, why.
 
     The batch job's model directory holds a folder per customer. Each becomes a self-contained
     artifact at the place a one-customer job would have put it, so the model registry and
     inference never need to know the model was trained in a batch.
     """
+    uris: dict[str, str] = {}
+    missing: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "batch.tar.gz"
         store.download_file(archive_uri, local)
@@ -138,17 +144,17 @@ def split_model_archive(
                     if customer in parts and inner and member.isfile():
                         member.name = inner
                         parts[customer].addfile(member, tar.extractfile(member))
-        uris = {}
         for customer in customers:
             with tarfile.open(Path(tmp) / f"{customer}.tar.gz") as part:
                 if "model.joblib" not in part.getnames():
-                    raise dg.Failure(
-                        description=f"customer '{customer}': the batch training job {job} "
-                        f"wrote no model for it in {archive_uri}"
+                    missing[customer] = (
+                        f"customer '{customer}': the batch training job {job} wrote no model "
+                        f"for it in {archive_uri}"
                     )
+                    continue
             uris[customer] = paths.model_artifact(store, customer, job)
             store.upload_file(Path(tmp) / f"{customer}.tar.gz", uris[customer])
-    return uris
+    return uris, missing
 
 
 def backtest_table(backtest: pd.DataFrame, timezone: str) -> dg.TableMetadataValue:
@@ -204,7 +210,7 @@ def load_forecast_model(
     store: ObjectStore,
     launcher: JobLauncher,
     database: Database,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
+) -> Iterator[StepEvent]:
     """The customer's per-device load forecast up to ``horizon_hours``, of the kind a backtest
     chose: random forests (one per day of the horizon) or seasonal naive (week or day).
 
@@ -220,7 +226,8 @@ def load_forecast_model(
     off a passing model waits for a person's decision (``model_approval_job`` or
     ``forecast-models approve``). The materialization shows who decided and why, the rejection
     reason, and the customer's recent versions (``model_history``). A re-run on the same data
-    version with the same code and hyperparameters reuses the registered version.
+    version with the same code and hyperparameters reuses the registered version. In a batch,
+    a customer whose fit fails fails alone; the others are registered.
     """
     customers = customer_ids(context)
     tables = publication.require(store, PREPROCESSED, customers, "cannot be trained")
@@ -246,7 +253,7 @@ def load_forecast_model(
             )
     to_run = [c for c in customers if c not in per_customer]
     if not to_run:
-        yield from materialize_with_checks(context, per_customer, {}, checks)
+        yield from finish_step(context, per_customer, {}, checks, {})
         return
 
     name = job_name("training", job_label(to_run), context.run_id, context.retry_number)
@@ -285,15 +292,21 @@ def load_forecast_model(
     # Where this job put them: a relaunched attempt may carry another name than the request.
     archive_uri = job.output_uris.get("model") or model_artifact_uri(request)
     outputs_uri = job.output_uris.get("output") or output_data_uri(request)
+    # A batch customer whose fit failed has no model and no outputs; the others go on.
+    failed = {c: reason for c, reason in job.failed_customers().items() if c in to_run}
     if len(to_run) == 1:
         model_uris = {to_run[0]: archive_uri}
-        outputs = read_training_outputs(store, outputs_uri, {to_run[0]: ""})
+        outputs, missing = read_training_outputs(store, outputs_uri, {to_run[0]: ""})
     else:
-        model_uris = split_model_archive(store, archive_uri, job.name, to_run)
-        outputs = read_training_outputs(store, outputs_uri, {c: f"{c}/" for c in to_run})
+        model_uris, no_model = split_model_archive(store, archive_uri, job.name, to_run)
+        outputs, missing = read_training_outputs(store, outputs_uri, {c: f"{c}/" for c in to_run})
+        missing = {**no_model, **missing}
+    failed = {**missing, **failed}  # the job's own reason, where it gave one
 
     reports = job_reports(job, to_run)
     for customer in to_run:
+        if customer in failed:
+            continue
         summary, backtest = outputs[customer]
         summary = {**summary, "data_version": tables[customer].version}
         metadata, checks[customer] = register(
@@ -308,7 +321,7 @@ def load_forecast_model(
             inputs[customer],
         )
         per_customer[customer] = {**reports[customer], **metadata}
-    yield from materialize_with_checks(context, per_customer, job.metadata(), checks)
+    yield from finish_step(context, per_customer, job.metadata(), checks, failed)
 
 
 def register(

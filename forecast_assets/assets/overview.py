@@ -12,10 +12,11 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from pydantic import Field
 
 from forecast_assets import publication
-from forecast_assets.assets.common import GROUP, table_metadata
+from forecast_assets.assets.common import FAILED_REASON, GROUP, table_metadata
 from forecast_assets.assets.forecast import load_forecast
 from forecast_assets.assets.model import load_forecast_model
 from forecast_assets.assets.preprocessed import preprocessed_load
+from forecast_assets.assets.raw import raw_load
 from forecast_assets.partitions import customers_partitions_def
 from forecast_assets.publication import FORECASTS, PREPROCESSED
 from resources.database import Database, ModelVersion
@@ -23,6 +24,8 @@ from resources.storage import ObjectStore
 
 KEY = dg.AssetKey(["reports", "customer_overview"])
 CHECKED_ASSETS = (preprocessed_load, load_forecast_model, load_forecast)
+# The steps a batch customer can fail alone in (see assets.common.finish_step).
+STEPS = (raw_load, preprocessed_load, load_forecast_model, load_forecast)
 
 # What a row's status means, most urgent first: the overview is sorted by this.
 ATTENTION = ("failed", "rejected", "pending", "stale", "warning", "ok")
@@ -145,6 +148,26 @@ def _short_time(when: Any) -> str:
     return f"{ts:%Y-%m-%d %H:%M} UTC"
 
 
+def batch_failures(instance: dg.DagsterInstance, customer: str) -> list[tuple[str, str]]:
+    """The steps whose latest outcome for ``customer`` is a failure inside a batch: the step's
+    asset and the recorded reason (an observation newer than its latest materialization)."""
+    found = []
+    for assets_def in STEPS:
+        key = assets_def.key
+        partition = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[customer])
+        observed = instance.fetch_observations(partition, limit=1).records
+        if not observed or observed[0].asset_observation is None:
+            continue
+        reason = observed[0].asset_observation.metadata.get(FAILED_REASON)
+        if reason is None:
+            continue
+        materialized = instance.fetch_materializations(partition, limit=1).records
+        if materialized and materialized[0].storage_id > observed[0].storage_id:
+            continue  # materialized again since
+        found.append((key.to_user_string(), str(reason.value)))
+    return found
+
+
 def latest_check_results(
     instance: dg.DagsterInstance, customer: str
 ) -> list[tuple[str, bool, str, dg.AssetCheckSeverity]]:
@@ -245,6 +268,9 @@ def customer_status(
             if name == "quality_gate" and row.problems["rejected"]:
                 continue  # already said, with its reason
             row.add(status, f"{name}: {description}" if description else f"{name} failed")
+
+    for asset, reason in batch_failures(instance, customer):
+        row.add("failed", f"{asset} failed: {reason}")
 
     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": customer}), limit=1)
     if runs and runs[0].status == dg.DagsterRunStatus.FAILURE:

@@ -12,11 +12,13 @@ from forecast_assets import paths, publication
 from forecast_assets.assets.common import (
     GROUP,
     PROCESSING_POOL,
+    StepEvent,
+    blocked_customers,
     customer_ids,
+    finish_step,
     job_label,
     job_reports,
     job_tags,
-    materialize_with_checks,
     published_metadata,
     read_json,
     read_parquet,
@@ -24,7 +26,6 @@ from forecast_assets.assets.common import (
     reused_publications,
     stage_batch_file,
     stage_per_customer,
-    stop_if_blocked,
 )
 from forecast_assets.assets.raw import raw_load
 from forecast_assets.partitions import customers_partitions_def
@@ -195,7 +196,7 @@ def preprocessed_load(
     config: PreprocessingConfig,
     store: ObjectStore,
     launcher: JobLauncher,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
+) -> Iterator[StepEvent]:
     """Clean, regular electricity load per device for one customer.
 
     Made by a SageMaker Processing job (``containers/preprocessing``) from exactly the files
@@ -209,7 +210,8 @@ def preprocessed_load(
     ``load.parquet``, ``devices.json`` and ``quality.json`` become the customer's current version
     together (``preprocessed/<customer>/current.json`` names it; see
     ``forecast_assets.publication``). A re-run with the same validated files, code and settings
-    reuses the current version instead of running the job again.
+    reuses the current version instead of running the job again. In a batch, a customer whose
+    preprocessing or blocking checks fail fails alone; the others are published.
     """
     customers = customer_ids(context)
     manifests = publication.require(store, MANIFESTS, customers, "cannot be preprocessed")
@@ -237,8 +239,9 @@ def preprocessed_load(
     }
     to_run = [c for c in customers if c not in reused]
     if not to_run:
-        yield from stop_if_blocked(context, checks, BLOCKING_CHECKS)
-        yield from materialize_with_checks(context, per_customer, {}, checks)
+        failed = blocked_customers(checks, BLOCKING_CHECKS)
+        per_customer = {c: m for c, m in per_customer.items() if c not in failed}
+        yield from finish_step(context, per_customer, {}, checks, failed)
         return
 
     name = job_name("preprocessing", job_label(to_run), context.run_id, context.retry_number)
@@ -296,16 +299,28 @@ def preprocessed_load(
 
     # Checked where the job left them, before anything is published.
     reports = job_reports(job, to_run)
+    failed = {c: reason for c, reason in job.failed_customers().items() if c in to_run}
     produced = {}
     for customer in to_run:
+        if customer in failed:
+            continue
         staged_files = {f: join_uri(staged[customer], f) for f in paths.PREPROCESSED_FILES}
+        if not store.exists(staged_files["load.parquet"]):
+            failed[customer] = (
+                f"customer '{customer}': the preprocessing job {job.name} wrote no "
+                f"{staged_files['load.parquet']}"
+            )
+            continue
         table = read_parquet(store, staged_files["load.parquet"])
         manifest = read_json(store, manifests[customer].uri(paths.RAW_MANIFEST))
         checks[customer] = quality_checks(customer, table, config, manifest)
         produced[customer] = (staged_files, table, read_json(store, staged_files["quality.json"]))
-    yield from stop_if_blocked(context, checks, BLOCKING_CHECKS)
+    failed.update(blocked_customers(checks, BLOCKING_CHECKS))
+    per_customer = {c: m for c, m in per_customer.items() if c not in failed}
 
     for customer, (staged_files, table, quality) in produced.items():
+        if customer in failed:
+            continue
         figures = {
             "rows": len(table),
             "devices": int(table["device_id"].nunique()),
@@ -334,7 +349,7 @@ def preprocessed_load(
             **published_metadata(published),
             "reused": False,
         }
-    yield from materialize_with_checks(context, per_customer, job.metadata(), checks)
+    yield from finish_step(context, per_customer, job.metadata(), checks, failed)
 
 
 def stage_batch_inputs(

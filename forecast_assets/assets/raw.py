@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +15,9 @@ from pydantic import Field
 from forecast_assets import paths, publication
 from forecast_assets.assets.common import (
     GROUP,
+    StepEvent,
     customer_ids,
-    fail_for_customers,
-    materialize_result,
+    finish_step,
     table_metadata,
 )
 from forecast_assets.landing import classify
@@ -100,7 +101,7 @@ def now() -> datetime:
 )
 def raw_load(
     context: dg.AssetExecutionContext, config: RawLoadConfig, store: ObjectStore
-) -> dg.MaterializeResult:
+) -> Iterator[StepEvent]:
     """Raw electricity-meter exports for one customer, as the vendors deliver them.
 
     Source: files landed under ``landing/<customer>/`` (any depth), one or more meter vendors
@@ -117,7 +118,8 @@ def raw_load(
     readings before ``earliest_year`` or in the future, or powers no meter draws (config).
     Folder markers, hidden and temporary files are skipped and listed in ``skipped_files``;
     meters with fewer than ``min_readings_per_meter`` readings are listed in
-    ``meters_too_short``.
+    ``meters_too_short``. In a batch, a customer with unusable files fails alone: the others'
+    manifests are published (see ``forecast_assets.assets.common.finish_step``).
     """
     customers = customer_ids(context)
     at = now()
@@ -128,9 +130,6 @@ def raw_load(
             validated[customer] = validate_files(store, customer, config, at=at)
         except RawFilesError as exc:
             problems[customer] = str(exc)
-    # Nothing is recorded unless every customer of the step is usable: a batch is all or none.
-    fail_for_customers(problems, len(customers), "have raw files that cannot be used")
-
     per_customer = {}
     for customer, result in validated.items():
         for entry in result.skipped:
@@ -145,9 +144,11 @@ def raw_load(
     # Same files, same contents -> same version: downstream is stale only when data changed.
     # Dagster takes one data version per step, so a batch step keeps each in its metadata only.
     data_version = (
-        dg.DataVersion(per_customer[customers[0]]["files_version"]) if len(customers) == 1 else None
+        dg.DataVersion(per_customer[customers[0]]["files_version"])
+        if len(customers) == 1 and not problems
+        else None
     )
-    return materialize_result(context, per_customer, {}, data_version=data_version)
+    yield from finish_step(context, per_customer, {}, {}, problems, data_version=data_version)
 
 
 class RawFilesError(ValueError):

@@ -69,6 +69,19 @@ class CompletedJob:
                 reported.setdefault(str(message["customer_id"]), {}).update(message["metadata"])
         return reported
 
+    def failed_customers(self) -> dict[str, str]:
+        """Customers of a batch job that failed, each with the reason its script reported
+        (Pipes custom messages ``{"customer_id": ..., "error": ...}``). The job itself completed:
+        it fails only when every customer did (see ``forecast_core.batch.run_each``).
+        """
+        failed: dict[str, str] = {}
+        if self.invocation is None:
+            return failed
+        for message in self.invocation.get_custom_messages():
+            if isinstance(message, dict) and "error" in message and "customer_id" in message:
+                failed[str(message["customer_id"])] = str(message["error"])
+        return failed
+
     def metadata(self) -> dict[str, Any]:
         """What every asset records about the job that produced it."""
         meta: dict[str, Any] = {

@@ -8,15 +8,19 @@ an input (channel) named ``batch`` holding ``batch.json``::
 
 Customers are processed in that order, each by the same code as a one-customer job, with its
 inputs and outputs in a folder named after it. One customer failing does not stop the others:
-its reason is reported and the job goes on; at the end the job fails with a summary of every
-failed customer, after the others' outputs have been written.
+its reason is reported (Pipes: ``{"customer_id": ..., "error": ...}``), it writes no output
+folder, and the job goes on. The job still completes, so SageMaker uploads the other customers'
+outputs (it uploads nothing of a failed job) and the Dagster step publishes them and fails only
+the failed customers' partitions. Only when every customer of a one-host job failed does the job
+fail, with a summary of every reason: there is nothing to upload.
 
 A job on several instances (``InstanceCount`` > 1) gives every host the whole batch (inputs are
 ``FullyReplicated``) and each host processes only its share (:func:`host_share`): customers
 dealt round-robin in batch order by the host's place among the hosts, so ``algo-1`` of 3 takes
 the 1st, 4th, 7th, … Each host writes only its customers' folders, so the hosts' outputs land
-side by side under the job's output URIs. A host whose customers fail exits 1, and SageMaker
-fails a job when any of its instances fails.
+side by side under the job's output URIs. A host never exits 1 for its customers' failures,
+even when all of its share failed: SageMaker fails the whole job when any instance fails, which
+would throw away the other hosts' customers.
 """
 
 from __future__ import annotations
@@ -101,14 +105,15 @@ def run_each(
     entries: Sequence[Mapping[str, Any]],
     work: Callable[[Mapping[str, Any]], Mapping[str, Any]],
     host: Cluster | None = None,
-) -> None:
+) -> list[str]:
     """Run ``work`` for each batch entry of this host's share (:func:`host_share`; ``host``
     defaults to :func:`forecast_core.runtime.cluster`) in order; it returns the customer's
     metadata to report.
 
     A customer's ``Exception`` is logged and reported as that customer's failure, and the next
-    customer starts. Afterwards, if any failed, raises :class:`BatchFailed`:
-    ``"<k> of <n> customers failed: <reason>; <reason>"`` (and which host, on several).
+    customer starts. Returns the failed customers' reasons, after logging
+    ``"<k> of <n> customers failed: <reason>; <reason>"`` (and which host, on several). Raises
+    :class:`BatchFailed` with that summary only when every customer of a one-host job failed.
     """
     host = host or runtime.cluster()
     where = ""
@@ -134,10 +139,13 @@ def run_each(
             failures.append(reason)
         else:
             report.materialization(metadata, customer=customer)
-    if failures:
-        raise BatchFailed(
-            f"{len(failures)} of {len(entries)} customers failed{where}: " + "; ".join(failures)
-        )
+    if not failures:
+        return failures
+    summary = f"{len(failures)} of {len(entries)} customers failed{where}: " + "; ".join(failures)
+    if len(failures) == len(entries) and not host.is_multi_host:
+        raise BatchFailed(summary)
+    report.log(f"{summary} (the others' outputs are written; the job completes)")
+    return failures
 
 
 def failure_reason(customer: str, exc: Exception) -> str:
