@@ -2,9 +2,13 @@
 
 The SageMaker Pipelines workflows this replaces were EventBridge rules: training
 ``cron(0 2 ? * SUN *)`` and inference ``cron(0 6 * * ? *)``. EventBridge cron is always UTC, so
-these schedules keep UTC (see ``SCHEDULE_TIMEZONE``). Each tick requests one run per customer;
-a run key made of the customer and the scheduled date keeps a re-evaluated tick from requesting
-the same run twice.
+these schedules keep UTC (see ``SCHEDULE_TIMEZONE``). Each tick requests runs of
+``FORECAST_BACKFILL_BATCH_SIZE`` customers, as a backfill does: each run covers consecutive
+customers of the partition set, and each of its steps launches one SageMaker job for them all (1,
+the default, is one run per customer). A customer that fails in a batch fails alone, and
+``batch_continuation_sensor`` carries the rest of its batch on (see
+``forecast_assets.assets.common.finish_step``). A run key made of the batch's customers and the
+scheduled date keeps a re-evaluated tick from requesting the same run twice.
 """
 
 from datetime import datetime
@@ -13,9 +17,9 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from forecast_assets import publication
-from forecast_assets.environment import schedule_timezone
+from forecast_assets.environment import backfill_batch_size, schedule_timezone
 from forecast_assets.jobs import inference_job, training_job
-from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.partitions import batch_ranges, batch_run_request, customers_partitions_def
 from forecast_assets.publication import PREPROCESSED
 from resources.storage import ObjectStore
 
@@ -35,9 +39,21 @@ MAX_NAMED = 20
 
 
 def _customers(context: dg.ScheduleEvaluationContext) -> list[str]:
+    """Every customer, in the partition set's order (the order batches are cut in)."""
     name = customers_partitions_def.name
     assert name is not None
-    return sorted(context.instance.get_dynamic_partitions(name))
+    return list(context.instance.get_dynamic_partitions(name))
+
+
+def _batches(
+    ordered: list[str], selected: list[str], date: str, tags: dict[str, str] | None = None
+) -> list[dg.RunRequest]:
+    """One run per batch of consecutive selected customers, keyed by its customers and date."""
+    requests = []
+    for keys in batch_ranges(ordered, selected, backfill_batch_size()):
+        label = keys.start if keys.start == keys.end else f"{keys.start}...{keys.end}"
+        requests.append(batch_run_request(keys, run_key=f"{label}:{date}", tags=tags))
+    return requests
 
 
 def _scheduled_date(context: dg.ScheduleEvaluationContext) -> str:
@@ -71,11 +87,7 @@ def weekly_training_schedule(
     customers = _customers(context)
     if not customers:
         return dg.SkipReason(NO_CUSTOMERS)
-    date = _scheduled_date(context)
-    return [
-        dg.RunRequest(run_key=f"{customer}:{date}", partition_key=customer)
-        for customer in customers
-    ]
+    return _batches(customers, customers, _scheduled_date(context))
 
 
 def _not_forecastable(store: ObjectStore, customer: str) -> str | None:
@@ -133,7 +145,4 @@ def daily_forecast_schedule(
         context.log.info(f"forecasting all {len(forecastable)} customer(s)")
     # On every run of the tick, so a run's page says its tick left customers out.
     tags = {"forecast-assets/customers-skipped": str(len(skipped))}
-    return [
-        dg.RunRequest(run_key=f"{customer}:{date}", partition_key=customer, tags=tags)
-        for customer in forecastable
-    ]
+    return _batches(customers, forecastable, date, tags)

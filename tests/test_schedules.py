@@ -130,9 +130,10 @@ def test_sensor_and_schedules_load_with_the_local_resources(data_home: Path):
 def test_training_requests_one_run_per_customer(instance: dg.DagsterInstance):
     instance.add_dynamic_partitions(PARTITIONS, ["globex", "acme", "initech"])
     runs = evaluate(weekly_training_schedule, instance, SUNDAY_2AM)
+    # In the partition set's order, the order batches are cut in.
     assert [(r.partition_key, r.run_key) for r in runs] == [
-        ("acme", "acme:2025-11-09"),
         ("globex", "globex:2025-11-09"),
+        ("acme", "acme:2025-11-09"),
         ("initech", "initech:2025-11-09"),
     ]
     next_week = evaluate(weekly_training_schedule, instance, datetime(2025, 11, 16, 2, tzinfo=UTC))
@@ -177,6 +178,61 @@ def test_forecasting_runs_every_customer_with_preprocessed_load(
     logged = capsys.readouterr().err
     assert "forecasting 4 customer(s); 1 skipped" in logged
     assert "initech: no preprocessed load yet" in logged
+
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def _batches(runs: list[dg.RunRequest]) -> list[tuple[str | None, str | None, str | None]]:
+    return [(r.partition_key, r.tags.get(RANGE_START), r.tags.get(RANGE_END)) for r in runs]
+
+
+def test_schedules_request_batches_that_never_span_a_skipped_customer(
+    instance: dg.DagsterInstance, store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("FORECAST_BACKFILL_BATCH_SIZE", "2")
+    customers = ["c1", "c2", "c3", "c4", "c5", "c6"]
+    instance.add_dynamic_partitions(PARTITIONS, customers)
+    training = evaluate(weekly_training_schedule, instance, SUNDAY_2AM)
+    assert _batches(training) == [(None, "c1", "c2"), (None, "c3", "c4"), (None, "c5", "c6")]
+    assert [r.run_key for r in training] == [
+        "c1...c2:2025-11-09",
+        "c3...c4:2025-11-09",
+        "c5...c6:2025-11-09",
+    ]
+    # c3 has no preprocessed load: the forecasts' batches go around it.
+    for customer in ("c1", "c2", "c4", "c5", "c6"):
+        publish_load(store, customer)
+    forecasts = evaluate(daily_forecast_schedule, instance, MONDAY_6AM, store=store)
+    assert _batches(forecasts) == [(None, "c1", "c2"), (None, "c4", "c5"), ("c6", None, None)]
+    assert all(r.tags["forecast-assets/customers-skipped"] == "1" for r in forecasts)
+
+
+def test_a_batched_schedule_run_gives_each_step_the_batch(
+    instance: dg.DagsterInstance, store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
+):
+    """The range run a tick requests is what the job executes: one step for the three."""
+    monkeypatch.setenv("FORECAST_BACKFILL_BATCH_SIZE", "3")
+    customers = ["acme", "globex", "hooli"]
+    instance.add_dynamic_partitions(PARTITIONS, customers)
+    (request,) = evaluate(weekly_training_schedule, instance, SUNDAY_2AM)
+    seen: list[list[str]] = []
+
+    @dg.asset(partitions_def=customers_partitions_def)
+    def probe(context):  # (no annotation: this module postpones them)
+        seen.append(list(context.partition_keys))
+        return dg.MaterializeResult()
+
+    job = dg.Definitions(
+        assets=[probe],
+        jobs=[dg.define_asset_job("probe_job", partitions_def=customers_partitions_def)],
+    ).resolve_job_def("probe_job")
+    result = job.execute_in_process(instance=instance, tags=request.tags)
+    assert result.success
+    assert seen == [customers]
+    materialized = instance.get_materialized_partitions(probe.key)
+    assert materialized == set(customers)
 
 
 def test_forecasting_skips_when_no_customer_has_preprocessed_load(
