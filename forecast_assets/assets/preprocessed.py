@@ -203,7 +203,9 @@ def preprocessed_load(
     (interval start, UTC), ``device_id``, ``energy_kwh``, ``is_filled`` and ``is_gap``. Exact
     duplicate readings are dropped, conflicting ones reported (the later file wins), gaps up to
     ``max_fill_gap`` interpolated and longer ones kept as flagged gaps, and readings summed to
-    ``interval`` (hourly by default). Grain: one row per device per interval.
+    ``interval`` (hourly by default). Grain: one row per device per interval. When the customer
+    has weather files, ``weather.parquet`` (temperature per interval, observed and forecast; see
+    ``forecast_core.weather``) is published with them.
 
     The blocking checks run on what the job produced, before anything is published; only then do
     ``load.parquet``, ``devices.json`` and ``quality.json`` become the customer's current version
@@ -298,9 +300,11 @@ def preprocessed_load(
     reports = job_reports(job, to_run)
     produced = {}
     for customer in to_run:
-        staged_files = {f: join_uri(staged[customer], f) for f in paths.PREPROCESSED_FILES}
-        table = read_parquet(store, staged_files["load.parquet"])
         manifest = read_json(store, manifests[customer].uri(paths.RAW_MANIFEST))
+        # weather.parquet too when the customer has weather files: one version, all together.
+        expected = paths.preprocessed_files(manifest)
+        staged_files = {f: join_uri(staged[customer], f) for f in expected}
+        table = read_parquet(store, staged_files["load.parquet"])
         checks[customer] = quality_checks(customer, table, config, manifest)
         produced[customer] = (staged_files, table, read_json(store, staged_files["quality.json"]))
     yield from stop_if_blocked(context, checks, BLOCKING_CHECKS)
@@ -318,6 +322,7 @@ def preprocessed_load(
             "long_gaps": quality["long_gaps"],
             "dropped_devices": quality.get("dropped_devices", []),
             "raw_version": manifests[customer].version,
+            "weather": paths.WEATHER_FILE in staged_files,
         }
         published = publication.publish(
             store,
