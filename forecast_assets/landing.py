@@ -6,6 +6,11 @@ write ``_SUCCESS``, uploads and editors leave partial and temporary files. Those
 never read, never a reason to run, listed with the reason in raw_load's metadata. Keys that S3
 stores but that cannot become files (an empty, ``.`` or ``..`` segment) are *bad*: raw_load fails
 naming them, because SageMaker and the local store cannot stage them and a skip would hide data.
+
+Files under ``landing/<customer>/weather/`` are the customer's optional *weather* files
+(``forecast_core.weather`` documents their format): validated and recorded by raw_load, but never
+taken for meter files, so vendor detection never sees them. Anything there that is not a ``.csv``
+file is *bad*: a weather file in another format would otherwise be silently ignored.
 """
 
 from __future__ import annotations
@@ -39,17 +44,20 @@ _TEMPORARY_SUFFIXES = {
 class LandingKey:
     """What an object under a customer's landing folder is, and why when it is not a file."""
 
-    kind: Literal["file", "skip", "bad"]
+    kind: Literal["file", "weather", "skip", "bad"]
     reason: str = ""
 
 
 METER_FILE = LandingKey("file")
+WEATHER_FILE = LandingKey("weather")
+# The folder below landing/<customer>/ that holds weather files (compared case-insensitively).
+WEATHER_FOLDER = "weather"
 
 
 def classify(relative: str) -> LandingKey:
     """Classify a key by its path below ``landing/<customer>/`` (``""`` is the folder itself).
 
-    ``file``: a meter file to validate. ``skip``: not a meter file (folder marker, hidden or
+    ``file``: a meter file to validate. ``weather``: a weather file (under ``weather/``). ``skip``: not a meter file (folder marker, hidden or
     temporary file, tool marker). ``bad``: a key with an empty, ``.`` or ``..`` segment.
     """
     if relative == "" or relative.endswith("/"):
@@ -75,4 +83,12 @@ def classify(relative: str) -> LandingKey:
     for suffix, what in _TEMPORARY_SUFFIXES.items():
         if name.endswith(suffix):
             return LandingKey("skip", f"{what} (name ends with '{suffix}')")
+    if len(segments) > 1 and segments[0].lower() == WEATHER_FOLDER:
+        if not name.endswith(".csv"):
+            return LandingKey(
+                "bad",
+                f"under '{segments[0]}/' only weather CSV files (*.csv) are allowed; move other "
+                "files elsewhere, or convert it to the weather CSV format",
+            )
+        return WEATHER_FILE
     return METER_FILE

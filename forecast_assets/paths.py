@@ -4,7 +4,8 @@ landing/<customer>/...                    raw meter files, as delivered (never m
 <dataset>/<customer>/current.json         the published version of a dataset (see publication.py)
 manifests/<customer>/<version>/raw_load.json      what raw_load validated: files, sizes, SHA-256
 manifests/<customer>/<version>/raw_load.manifest  the same files as a SageMaker ManifestFile
-preprocessed/<customer>/<version>/load.parquet    regular load table (+ devices.json, quality.json)
+preprocessed/<customer>/<version>/load.parquet    regular load table (+ devices.json, quality.json,
+                                                  and weather.parquet when the customer has weather)
 models/<customer>/<job>/output/model.tar.gz  one per training job, as SageMaker lays it out
 forecasts/<customer>/<version>/forecast.parquet   a forecast
 jobs/<job>/output/<name>/                 where a job's outputs land before promotion
@@ -17,6 +18,17 @@ from __future__ import annotations
 from resources.storage import ObjectStore
 
 PREPROCESSED_FILES = ("load.parquet", "devices.json", "quality.json")
+# Published beside them only when raw_load validated weather files for the customer.
+WEATHER_FILE = "weather.parquet"
+
+
+def preprocessed_files(manifest: dict) -> tuple[str, ...]:
+    """The files a preprocessed version has, given the raw_load manifest it was made from."""
+    return (
+        (*PREPROCESSED_FILES, WEATHER_FILE) if manifest.get("weather_files") else PREPROCESSED_FILES
+    )
+
+
 RAW_MANIFEST = "raw_load.json"
 RAW_SAGEMAKER_MANIFEST = "raw_load.manifest"
 FORECAST_FILE = "forecast.parquet"

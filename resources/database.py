@@ -89,6 +89,10 @@ forecasts_table = sa.Table(
     # had intervals.
     sa.Column("p10_kwh", sa.Float, nullable=True),
     sa.Column("p90_kwh", sa.Float, nullable=True),
+    # What weather the step used: "not_used" (no weather features), "forecast", "observed" or
+    # "none_for_horizon" (a weather model without a weather forecast for that hour); "" for
+    # rows stored before weather was recorded.
+    sa.Column("weather_input", sa.String(32), nullable=False, server_default=""),
 )
 sa.Index("ix_forecasts_customer_issued", forecasts_table.c.customer_id, forecasts_table.c.issued_at)
 
@@ -102,6 +106,7 @@ ADDED_COLUMNS = (
     (forecasts_table, "model_kind"),
     (forecasts_table, "p10_kwh"),
     (forecasts_table, "p90_kwh"),
+    (forecasts_table, "weather_input"),
 )
 
 
@@ -465,7 +470,8 @@ class Database(dg.ConfigurableResource):
     def replace_forecast(self, customer_id: str, run_id: str, forecast: pd.DataFrame) -> int:
         """Store one run's forecast in one transaction; a retried step of the same run replaces
         its rows. ``source`` says which model made it (default "newest"), ``model_kind`` its
-        kind, ``p10_kwh``/``p90_kwh`` the interval around ``energy_kwh`` (NULL without one)."""
+        kind, ``p10_kwh``/``p90_kwh`` the interval around ``energy_kwh`` (NULL without one),
+        ``weather_input`` what weather it used ("" when the frame does not say)."""
         rows = [
             {
                 "customer_id": customer_id,
@@ -479,6 +485,7 @@ class Database(dg.ConfigurableResource):
                 "model_kind": str(getattr(r, "model_kind", "") or ""),
                 "p10_kwh": _optional_float(getattr(r, "p10_kwh", None)),
                 "p90_kwh": _optional_float(getattr(r, "p90_kwh", None)),
+                "weather_input": str(getattr(r, "weather_input", "") or ""),
             }
             for r in forecast.itertuples(index=False)
         ]

@@ -22,7 +22,7 @@ import pytest
 
 from forecast_assets.demo_data import DEMO_CUSTOMERS, DemoCustomer, generate_customer_files
 from forecast_core.batch import BatchFailed, BatchFileError, read_batch, run_each
-from forecast_core.features import FEATURE_SPEC_VERSION, FeatureSpec
+from forecast_core.features import READABLE_SPEC_VERSIONS, FeatureSpec
 from forecast_core.runtime import Report
 from forecast_core.sanity import forecast_problems
 from resources.jobs.code import CONTAINERS_DIR, ENTRY_SCRIPTS, bundle
@@ -802,6 +802,7 @@ SOURCE_COLUMNS = [
     "model_version",
     "source",
     "issued_at",
+    "weather_input",
 ]
 
 
@@ -1133,7 +1134,9 @@ def test_inference_forecasts_a_model_of_an_older_feature_spec_by_seasonal_naive(
     old = tmp_path / "old-model"
     shutil.copytree(pipeline["model"], old)
     spec = json.loads((old / "feature_spec.json").read_text())
-    spec["version"] = FEATURE_SPEC_VERSION - 1
+    # Older than any version this code reads (version 4, from before weather, is still read).
+    unreadable = min(READABLE_SPEC_VERSIONS) - 1
+    spec["version"] = unreadable
     (old / "feature_spec.json").write_text(json.dumps(spec))
     pack_model(old, tmp_path / "model" / "model.tar.gz")
     lines: list[str] = []
@@ -1156,7 +1159,7 @@ def test_inference_forecasts_a_model_of_an_older_feature_spec_by_seasonal_naive(
         "v-old",
     )
     assert lines == [f"customer '{CUSTOMER.customer_id}': {report['fallback_reason']}"]
-    assert f"model v-old was saved with feature spec version {FEATURE_SPEC_VERSION - 1}" in lines[0]
+    assert f"model v-old was saved with feature spec version {unreadable}" in lines[0]
     # The same forecast as the fallback's own.
     fallback = predict.predict_fallback(
         CUSTOMER.customer_id,

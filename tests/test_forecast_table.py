@@ -89,6 +89,13 @@ def test_an_earlier_release_database_gets_the_columns_with_null_intervals(data_h
     assert latest["energy_kwh"].tolist() == [1.5]
     assert latest["p10_kwh"].isna().all() and latest["p90_kwh"].isna().all()
     assert latest["model_kind"].tolist() == [""]
+    assert latest["weather_input"].tolist() == [""]  # stored before weather was recorded
     db.replace_forecast("acme", "r1", forecast(p10_kwh=0.1, p90_kwh=9.0, model_kind="forest"))
     assert db.latest_forecast("acme")["p90_kwh"].tolist() == [9.0, 9.0, 9.0]
     db.engine.dispose()
+
+
+def test_what_weather_each_step_used_is_stored(db: Database, customer: str):
+    steps = ["forecast", "forecast", "none_for_horizon"]
+    db.replace_forecast(customer, "run-1", forecast(model_kind="forest", weather_input=steps))
+    assert db.latest_forecast(customer)["weather_input"].tolist() == steps

@@ -4,10 +4,20 @@ Inputs (ProcessingInputs):
   /opt/ml/processing/input/model     model.tar.gz from a training job that passed its gate
                                      (not needed, and may be absent, for the fallback)
   /opt/ml/processing/input/history   load.parquet, the preprocessed load table
+  /opt/ml/processing/input/weather   optional: weather.parquet, the customer's weather table
+                                     (batch: <c>/weather.parquet)
 Output (ProcessingOutput):
   /opt/ml/processing/output/forecast/forecast.parquet
       timestamp, device_id, energy_kwh (= P50, the point forecast), p10_kwh, p90_kwh,
-      model_kind, model_version, source, issued_at
+      model_kind, model_version, source, issued_at, weather_input
+
+``weather_input`` says, per step, what weather the forecast used: ``not_used`` (the model has
+no weather features: the customer has no weather, or a seasonal-naive model or the fallback),
+``forecast`` (a weather forecast for that hour), ``observed`` (an observation of that hour) or
+``none_for_horizon``: the model has weather features but nothing was delivered for that hour, so
+the mean temperature at that time of day over the last 7 days of weather stood in
+(``forecast_core.features.horizon_weather``). The report's ``weather_input`` sums it up
+(``none for horizon: 30 of 48 h ...``) and ``weather_forecast_hours`` counts the covered hours.
 
 ``source`` says where the forecast comes from, as the caller chose it: ``newest`` (the newest
 model, which is approved), ``previous_approved`` (an older approved model, because the newest
@@ -78,14 +88,18 @@ from forecast_core import intervals, runtime
 from forecast_core.backtest import MODEL_KINDS, NAIVE_SEASONS, NAIVE_WEEK
 from forecast_core.batch import BatchFileError, read_batch, run_each
 from forecast_core.features import (
+    WEATHER_NONE,
+    WEATHER_NOT_USED,
     FeatureSpec,
     FeatureSpecVersionError,
     bucket_for_lead,
     build_features,
+    horizon_weather,
     regular_grid,
 )
 from forecast_core.metrics import ONE_WEEK, seasonal_naive
 from forecast_core.sanity import historical_maxima
+from forecast_core.weather import WEATHER_FILE
 
 PROCESSING = Path("/opt/ml/processing")
 
@@ -121,6 +135,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model-dir", type=Path, default=PROCESSING / "input" / "model")
     parser.add_argument("--history-dir", type=Path, default=PROCESSING / "input" / "history")
+    parser.add_argument(
+        "--weather-dir",
+        type=Path,
+        default=PROCESSING / "input" / "weather",
+        help="the customer's weather.parquet (batch: <customer>/weather.parquet), if it has one",
+    )
     parser.add_argument("--output-dir", type=Path, default=PROCESSING / "output" / "forecast")
     parser.add_argument("--horizon-hours", type=float, default=None, help="default: the model's")
     parser.add_argument("--issued-at", default=None, help="ISO time the forecast is issued")
@@ -217,6 +237,13 @@ def read_history(customer: str, history_dir: Path) -> pd.DataFrame:
     return history
 
 
+def read_weather(weather_dir: Path | None) -> pd.DataFrame | None:
+    """The customer's weather table, or None if it has none."""
+    if weather_dir is None or not (weather_dir / WEATHER_FILE).exists():
+        return None
+    return pd.read_parquet(weather_dir / WEATHER_FILE)
+
+
 def predict(
     customer: str,
     model_version: str,
@@ -227,9 +254,10 @@ def predict(
     issued_at: pd.Timestamp,
     source: str = NEWEST,
     log: Callable[[str], None] = print,
+    weather_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Forecast one customer with its model into ``output_dir``/forecast.parquet; returns the
-    metadata to report."""
+    metadata to report. ``weather_dir`` holds the customer's weather.parquet, if it has one."""
     history = read_history(customer, history_dir)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -248,10 +276,16 @@ def predict(
             return {**report, "fallback_reason": reason, "skipped_model_version": model_version}
     hours, steps = horizon(customer, spec, horizon_hours)
     kind = model["kind"]
+    weather_report: dict[str, Any] = {"weather_input": WEATHER_NOT_USED}
     if kind in NAIVE_SEASONS:
         forecast, hours = naive_forecast(customer, history, hours, NAIVE_SEASONS[kind])
     elif kind in MODEL_KINDS:
-        forecast = model_forecast(customer, model, spec, scales, history, steps)
+        weather = read_weather(weather_dir) if spec.weather else None
+        forecast = model_forecast(customer, model, spec, scales, history, steps, weather)
+        if spec.weather:
+            weather_report = weather_summary(forecast, spec)
+            if weather_report["weather_forecast_hours"] < weather_report["horizon_steps"]:
+                log(f"customer '{customer}': {weather_report['weather_input']}")
     else:
         raise InferenceInputError(f"customer '{customer}': unknown model kind {kind!r}")
     if interval_table is not None and interval_table.get("quantiles"):
@@ -262,7 +296,28 @@ def predict(
         method, quantiles = history_quantiles(customer, history, steps, NAIVE_WEEK)
     forecast = with_intervals(customer, forecast, history, quantiles)
     report = write_forecast(forecast, output_dir, hours, model_version, source, issued_at, kind)
-    return {**report, "interval_method": method}
+    return {**report, **weather_report, "interval_method": method}
+
+
+def weather_summary(forecast: pd.DataFrame, spec: FeatureSpec) -> dict[str, Any]:
+    """What weather a weather model's forecast had, in one phrase and in hours."""
+    per_step = forecast.drop_duplicates("timestamp")
+    steps = len(per_step)
+    missing = int((per_step["weather_input"] == WEATHER_NONE).sum())
+    hours = spec.resolution / pd.Timedelta(hours=1)
+    if missing:
+        text = (
+            f"none for horizon: {missing * hours:g} of {steps * hours:g} h without a weather "
+            "forecast, filled with the mean temperature at that time of day over the last 7 "
+            "days of weather"
+        )
+    else:
+        text = f"weather forecast for all {steps * hours:g} h"
+    return {
+        "weather_input": text,
+        "weather_forecast_hours": round((steps - missing) * hours, 3),
+        "horizon_steps": steps,
+    }
 
 
 def model_forecast(
@@ -272,9 +327,11 @@ def model_forecast(
     scales: dict[str, float],
     history: pd.DataFrame,
     steps: int,
+    weather: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The ``steps`` after the last reading from a bucket model (forest or LightGBM): each step
-    by its bucket's model from the same features training built."""
+    by its bucket's model from the same features training built, with ``weather_input`` per
+    step (see the module docstring)."""
     # Models trained before LightGBM was a candidate saved their forests under "forests".
     per_bucket = model.get("models", model.get("forests", {}))
     resolution = spec.resolution
@@ -285,9 +342,10 @@ def model_forecast(
     lead = np.rint((grid["timestamp"] - last) / resolution).to_numpy()[future].astype(int)
     bucket = bucket_for_lead(spec, lead)
     predicted = np.full(int(future.sum()), np.nan)
+    origin = last + resolution
     for b in np.unique(bucket):
         try:
-            design = build_features(grid, spec, scales, int(b))
+            design = build_features(grid, spec, scales, int(b), weather, forecast_from=origin)
         except ValueError as exc:
             raise InferenceInputError(f"customer '{customer}': {exc}") from exc
         rows = bucket == b
@@ -295,11 +353,17 @@ def model_forecast(
         predicted[rows] = per_bucket[int(b)].predict(X) * design.kwh_per_unit[future][rows]
     # Only below: an absurdly high forecast must stay visible to the checks before publishing.
     energy = np.clip(predicted, 0.0, None)
+    timestamps = grid.loc[future, "timestamp"]
+    if spec.weather:
+        _, weather_input = horizon_weather(weather, pd.DatetimeIndex(timestamps), origin)
+    else:
+        weather_input = np.full(len(timestamps), WEATHER_NOT_USED, dtype=object)
     return pd.DataFrame(
         {
-            "timestamp": grid.loc[future, "timestamp"].to_numpy(),
+            "timestamp": timestamps.to_numpy(),
             "device_id": grid.loc[future, "device_id"].to_numpy(),
             "energy_kwh": energy,
+            "weather_input": weather_input,
         }
     )
 
@@ -503,8 +567,16 @@ def write_forecast(
 ) -> dict[str, Any]:
     """Write ``forecast`` (timestamp, device_id, energy_kwh, p10_kwh, p90_kwh) with the model
     that made it and where it comes from; return the metadata to report."""
+    if "weather_input" not in forecast:
+        forecast = forecast.assign(weather_input=WEATHER_NOT_USED)
+    # The model's columns after the interval, weather_input last (the table's column order).
+    weather_input = forecast.pop("weather_input")
     forecast = forecast.assign(
-        model_kind=model_kind, model_version=model_version, source=source, issued_at=issued_at
+        model_kind=model_kind,
+        model_version=model_version,
+        source=source,
+        issued_at=issued_at,
+        weather_input=weather_input.to_numpy(),
     )
     forecast["timestamp"] = pd.to_datetime(forecast["timestamp"], utc=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -521,6 +593,7 @@ def write_forecast(
         "model_kind": model_kind,
         "model_version": model_version,
         "source": source,
+        "weather_input": WEATHER_NOT_USED,
     }
 
 
@@ -547,6 +620,7 @@ def main(report: runtime.Report, argv: list[str] | None = None) -> None:
             issued_at,
             source,
             report.log,
+            args.weather_dir / folder,
         )
 
     if args.batch is None:

@@ -8,6 +8,9 @@ Outputs (ProcessingOutputs, uploaded by SageMaker):
   /opt/ml/processing/output/preprocessed/devices.json   one entry per device (vendor, first/last reading)
   /opt/ml/processing/output/preprocessed/quality.json   duplicates, conflicts, filled and missing
                                                         readings, devices left out (and why)
+  /opt/ml/processing/output/preprocessed/weather.parquet only when the manifest lists weather
+      files (``weather_files``): timestamp, temperature_c, kind, issued_at at the load table's
+      interval (see forecast_core.weather for the files' format and the table)
 
 Batch mode (``--batch <batch input>/batch.json`` instead of ``--customer-id``; see
 forecast_core.batch) does the same for each customer ``<c>`` of the batch, in folders named after
@@ -40,6 +43,7 @@ from forecast_core.batch import read_batch, run_each
 from forecast_core.cleaning import deduplicate, regularize
 from forecast_core.runtime import Report, run_job
 from forecast_core.vendors import VENDORS_BY_NAME, MeterFileError, parse_meter_file
+from forecast_core.weather import WEATHER_FILE, WeatherFileError, parse_weather_file, to_interval
 
 PROCESSING = Path("/opt/ml/processing")
 
@@ -72,9 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_files(
-    customer: str, raw_dir: Path, manifest_path: Path
-) -> tuple[pd.DataFrame, dict[str, dict]]:
+def read_manifest(customer: str, manifest_path: Path) -> dict[str, Any]:
     if not manifest_path.exists():
         raise InputError(f"customer '{customer}': no manifest at {manifest_path}")
     manifest = json.loads(manifest_path.read_text())
@@ -83,20 +85,49 @@ def load_files(
             f"customer '{customer}': manifest {manifest_path} is for customer "
             f"'{manifest.get('customer_id')}'"
         )
+    return manifest
+
+
+def validated_bytes(customer: str, raw_dir: Path, entry: dict[str, Any]) -> bytes:
+    """A listed file's content, refused if it is missing or not what was validated."""
+    path = raw_dir / entry["relative_path"]
+    uri = entry["uri"]
+    if not path.exists():
+        raise InputError(f"customer '{customer}', file '{uri}': was not staged into {path}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise InputError(
+            f"customer '{customer}', file '{uri}': content changed since it was validated "
+            f"(sha256 {digest[:12]}… != {entry['sha256'][:12]}…); materialize raw_load again"
+        )
+    return data
+
+
+def load_weather(customer: str, raw_dir: Path, manifest: dict[str, Any]) -> pd.DataFrame | None:
+    """Every weather file the manifest lists, parsed (None when it lists none)."""
+    entries = manifest.get("weather_files") or []
+    if not entries:
+        return None
+    frames = []
+    for entry in entries:
+        data = validated_bytes(customer, raw_dir, entry)
+        try:
+            frames.append(parse_weather_file(data, entry["uri"]))
+        except WeatherFileError as exc:
+            raise InputError(f"customer '{customer}', {exc}") from exc
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_files(
+    customer: str, raw_dir: Path, manifest_path: Path
+) -> tuple[pd.DataFrame, dict[str, dict]]:
+    manifest = read_manifest(customer, manifest_path)
     frames = []
     device_vendor: dict[str, dict] = {}
     for entry in manifest["files"]:
-        path = raw_dir / entry["relative_path"]
         uri = entry["uri"]
-        if not path.exists():
-            raise InputError(f"customer '{customer}', file '{uri}': was not staged into {path}")
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != entry["sha256"]:
-            raise InputError(
-                f"customer '{customer}', file '{uri}': content changed since it was validated "
-                f"(sha256 {digest[:12]}… != {entry['sha256'][:12]}…); materialize raw_load again"
-            )
+        data = validated_bytes(customer, raw_dir, entry)
         try:
             frame = parse_meter_file(data, uri, VENDORS_BY_NAME[entry["vendor"]])
         except MeterFileError as exc:
@@ -161,7 +192,23 @@ def preprocess(
         report.log(f"customer '{customer}': left out of the load table: {dropped['reason']}")
     (output_dir / "quality.json").write_text(json.dumps(quality, indent=2))
 
+    weather = load_weather(customer, raw_dir, read_manifest(customer, manifest))
+    weather_figures: dict[str, Any] = {"weather_rows": 0}
+    if weather is not None:
+        table_weather = to_interval(weather, args.interval)
+        table_weather.to_parquet(output_dir / WEATHER_FILE, index=False)
+        weather_figures = {
+            "weather_rows": len(table_weather),
+            "weather_start": table_weather["timestamp"].min().isoformat(),
+            "weather_end": table_weather["timestamp"].max().isoformat(),
+        }
+        report.log(
+            f"customer '{customer}': {len(weather)} weather readings -> {len(table_weather)} "
+            f"rows at {args.interval}"
+        )
+
     return {
+        **weather_figures,
         "rows": len(table),
         "devices": len(devices),
         "start": table["timestamp"].min().isoformat(),

@@ -2,6 +2,8 @@
 
 Contract (SageMaker training, script mode or custom image):
   channel "train"   SM_CHANNEL_TRAIN/load.parquet, the preprocessed load table
+  channel "weather" optional: SM_CHANNEL_WEATHER/weather.parquet, the customer's weather table
+                    (forecast_core.weather); in a batch SM_CHANNEL_WEATHER/<c>/weather.parquet
   hyperparameters   /opt/ml/input/config/hyperparameters.json (see DEFAULTS)
   SM_MODEL_DIR      model.joblib, feature_spec.json, normalization.json, metrics.json
                     (SageMaker packs this folder into model.tar.gz)
@@ -23,6 +25,13 @@ lightgbm) are scored on the same hours; the one with the lowest WAPE is the mode
 one only if it wins by the margin (``forecast_core.backtest.choose``). A chosen forest or
 LightGBM is refitted on all data (``refit_full``); a chosen naive model is just its kind.
 ``model.joblib`` holds ``{"kind": ..., "models": {bucket: model}}`` (no models for naive).
+
+Weather: when the customer's weather table covers at least ``WEATHER_MIN_COVERAGE`` of its load
+history's hours, the forest and LightGBM candidates get the weather features
+(``forecast_core.features``), built from weather as known at each origin: archived forecasts
+issued by then, else observations plus a simulated forecast error (never the observation itself).
+Whether weather was used, why (not), its coverage and what the backtest's weather was are in
+metrics.json (``weather``) and the reported metadata.
 
 Intervals (``forecast_core.intervals``): the chosen candidate's backtest errors give P10/P90
 quantiles per horizon bucket, saved as ``intervals.json`` beside the model; their P10-P90
@@ -64,15 +73,20 @@ from forecast_core.backtest import (
 )
 from forecast_core.batch import BATCH_FILE, read_batch, run_each
 from forecast_core.features import (
+    WEATHER_FEATURES,
+    WEATHER_MIN_COVERAGE,
     Design,
     FeatureSpec,
+    archived_forecast,
     bucket_for_lead,
     build_features,
     make_feature_spec,
     normalization_scales,
     regular_grid,
+    weather_coverage,
 )
 from forecast_core.metrics import regression_metrics
+from forecast_core.weather import WEATHER_FILE
 
 DEFAULTS: dict[str, Any] = {
     "n_estimators": 100,
@@ -151,6 +165,29 @@ def load_series(customer: Any, channel: Path, name: str) -> pd.DataFrame:
     return series
 
 
+def load_weather(weather_dir: Path | None, name: str) -> pd.DataFrame | None:
+    """The weather table at ``name`` in the weather channel, or None without one."""
+    if weather_dir is None or not (weather_dir / name).exists():
+        return None
+    return pd.read_parquet(weather_dir / name)
+
+
+def weather_decision(weather: pd.DataFrame | None, series: pd.DataFrame) -> tuple[bool, float, str]:
+    """Whether the model gets weather features, the weather's coverage of the load history's
+    hours, and why, in one sentence."""
+    if weather is None or weather.empty:
+        return False, 0.0, "no weather for this customer: the model has no weather features"
+    coverage = weather_coverage(weather, series.loc[series["energy_kwh"].notna(), "timestamp"])
+    if coverage < WEATHER_MIN_COVERAGE:
+        return (
+            False,
+            coverage,
+            f"weather covers {coverage:.0%} of the load history's hours, under "
+            f"{WEATHER_MIN_COVERAGE:.0%}: the model has no weather features",
+        )
+    return True, coverage, f"weather covers {coverage:.0%} of the load history's hours: used"
+
+
 def backtest_origins(
     customer: Any, series: pd.DataFrame, spec: FeatureSpec, hp: dict[str, Any]
 ) -> pd.DatetimeIndex:
@@ -210,16 +247,21 @@ def train(
     data_out: Path,
     hp: dict[str, Any],
     log: Log = print,
+    weather_dir: Path | None = None,
+    weather_name: str = WEATHER_FILE,
 ) -> dict[str, Any]:
     """Backtest the candidates on load table ``name`` in the training channel, write the chosen
     model to ``model_out`` and the backtest to ``data_out``; returns the metadata to report.
-    ``log`` receives a line at each stage, so a long training is not silent."""
+    ``log`` receives a line at each stage, so a long training is not silent. The weather table,
+    if the customer has one, is ``weather_name`` in ``weather_dir``."""
     started = time.perf_counter()
 
     def say(message: str) -> None:
         log(f"customer '{customer}': {message} ({time.perf_counter() - started:.1f} s)")
 
     series = load_series(customer, channel, name)
+    weather = load_weather(weather_dir, weather_name)
+    use_weather, coverage_of_history, weather_note = weather_decision(weather, series)
     resolution = pd.Series(series["timestamp"].sort_values().unique()).diff().median()
     spec = make_feature_spec(
         resolution=resolution,
@@ -227,6 +269,7 @@ def train(
         timezone=str(hp["timezone"]),
         holiday_country=str(hp["holiday_country"]),
         devices=sorted(series["device_id"].unique()),
+        weather=use_weather,
     )
     at = backtest_origins(customer, series, spec, hp)
     say(
@@ -236,14 +279,15 @@ def train(
 
     scales = normalization_scales(series)
     grid = regular_grid(series, spec)
-    designs = {b: build_features(grid, spec, scales, b) for b in spec.bucket_steps}
+    designs = {b: build_features(grid, spec, scales, b, weather) for b in spec.bucket_steps}
     week = f"lag_{spec.week_steps}"
     usable = {b: d.target.notna() & d.features[week].notna() for b, d in designs.items()}
     before = grid["timestamp"] < at[0]
     fit_rows = {b: u & before for b, u in usable.items()}
     if min(int(r.sum()) for r in fit_rows.values()) == 0:
         raise TrainingInputError(f"customer '{customer}': no complete rows before {at[0]}")
-    say(f"features built for {len(spec.bucket_steps)} horizon bucket(s)")
+    say(f"features built for {len(spec.bucket_steps)} horizon bucket(s); {weather_note}")
+    backtest_weather = describe_backtest_weather(weather, grid, spec, at) if use_weather else ""
 
     scored = ~before.to_numpy()
     fitted: dict[str, dict[int, Regressor]] = {}
@@ -320,6 +364,13 @@ def train(
         "hyperparameters": {k: hp[k] for k in DEFAULTS},
         "features": {str(b): spec.feature_names(b) for b in spec.bucket_steps},
         "horizon_buckets_steps": list(spec.bucket_steps),
+        "weather": {
+            "used": use_weather,
+            "coverage_of_history": round(coverage_of_history, 4),
+            "note": weather_note,
+            "features": list(WEATHER_FEATURES) if use_weather else [],
+            "backtest_weather": backtest_weather,
+        },
     }
     write_outputs(model_out, data_out, model, spec, scales, backtest, summary, interval_table)
     total_seconds = time.perf_counter() - started
@@ -343,7 +394,36 @@ def train(
         "backtest_last_origin": summary["backtest_last_origin"],
         **{f"{k}_fit_seconds": round(v, 2) for k, v in seconds.items()},
         "training_seconds": round(total_seconds, 2),
+        "weather_features": use_weather,
+        "weather_coverage": round(coverage_of_history, 4),
+        "weather_note": weather_note,
+        **({"backtest_weather": backtest_weather} if use_weather else {}),
     }
+
+
+def describe_backtest_weather(
+    weather: pd.DataFrame | None, grid: pd.DataFrame, spec: FeatureSpec, at: pd.DatetimeIndex
+) -> str:
+    """What the backtest's weather for its horizons was, in one sentence: archived forecasts
+    issued by each origin, or observations with a simulated forecast error."""
+    times = pd.DatetimeIndex(grid.loc[grid["timestamp"] >= at[0], "timestamp"].unique())
+    shares = [
+        float(np.isfinite(archived_forecast(weather, times, spec, b)).mean())
+        for b in spec.bucket_steps
+    ]
+    share = float(np.mean(shares)) if shares else 0.0
+    simulated = (
+        "observed temperatures plus a simulated forecast error (1.0 °C standard deviation the "
+        "first day ahead, 1.5 °C the second; forecast_core.features.simulated_forecast_error)"
+    )
+    if share >= 0.999:
+        return "weather forecasts archived by the customer, each issued at or before its origin"
+    if share <= 0.0:
+        return f"no archived weather forecasts: {simulated}"
+    return (
+        f"weather forecasts issued at or before each origin for {share:.0%} of the backtest's "
+        f"hours, elsewhere {simulated}"
+    )
 
 
 def main(report: runtime.Report) -> None:
@@ -354,10 +434,13 @@ def main(report: runtime.Report) -> None:
         runtime.output_data_dir(),
     )
     batch_channel = runtime.channel_dir("batch")
+    weather_dir = runtime.channel_dir("weather")
     if not batch_channel.exists():
         customer = hp.get("customer_id", "?")
         report.materialization(
-            train(customer, channel, "load.parquet", model_out, data_out, hp, report.log)
+            train(
+                customer, channel, "load.parquet", model_out, data_out, hp, report.log, weather_dir
+            )
         )
         return
     if "customer_id" in hp:
@@ -368,7 +451,17 @@ def main(report: runtime.Report) -> None:
 
     def one(entry: Mapping[str, Any]) -> dict[str, Any]:
         c = entry["customer_id"]
-        return train(c, channel, f"{c}/load.parquet", model_out / c, data_out / c, hp, report.log)
+        return train(
+            c,
+            channel,
+            f"{c}/load.parquet",
+            model_out / c,
+            data_out / c,
+            hp,
+            report.log,
+            weather_dir,
+            f"{c}/{WEATHER_FILE}",
+        )
 
     run_each(report, read_batch(batch_channel / BATCH_FILE), one)
 

@@ -133,8 +133,11 @@ def load_forecast(
     seasonal_naive_fallback) in its metadata, its file and the ``forecasts`` table. Grain: one
     row per device per interval, at the data's resolution: ``energy_kwh`` (the point forecast,
     P50), ``p10_kwh`` and ``p90_kwh`` (an interval meant to hold the actual load 8 times in 10,
-    from the model's backtest errors) and ``model_kind``. A model the job cannot use (saved
-    with an older feature spec) is replaced by seasonal naive, and the forecast says so.
+    from the model's backtest errors), ``model_kind`` and ``weather_input`` (what weather a
+    step used: ``not_used``, ``forecast``, ``observed``, or ``none_for_horizon`` when a model
+    with weather features had no weather forecast for it; the metadata sums it up). A model the
+    job cannot use (saved with an older feature spec) is replaced by seasonal naive, and the
+    forecast says so.
 
     The forecast is checked (``forecast_sanity``) before anything is published; then its rows
     are stored in table ``forecasts`` in one transaction (a retried run replaces its own rows),
@@ -210,6 +213,8 @@ def load_forecast(
         else:
             arguments += ["--fallback", "seasonal-naive"]
         job_inputs.append(JobInput("history", tables[customer].uri("load.parquet")))
+        if paths.WEATHER_FILE in tables[customer].files:
+            job_inputs.append(JobInput("weather", tables[customer].uri(paths.WEATHER_FILE)))
         staged = {customer: staging}
     else:
         entries = [
@@ -231,6 +236,15 @@ def load_forecast(
         job_inputs.append(
             JobInput("history", stage_per_customer(store, name, "history", history_uris))
         )
+        weather_uris = {
+            c: tables[c].uri(paths.WEATHER_FILE)
+            for c in to_run
+            if paths.WEATHER_FILE in tables[c].files
+        }
+        if weather_uris:
+            job_inputs.append(
+                JobInput("weather", stage_per_customer(store, name, "weather", weather_uris))
+            )
         staged = {c: join_uri(staging, c) for c in to_run}
     request = processing_job_request(
         name=name,
@@ -243,6 +257,8 @@ def load_forecast(
             processing_local_path("input", "model"),
             "--history-dir",
             processing_local_path("input", "history"),
+            "--weather-dir",
+            processing_local_path("input", "weather"),
             "--output-dir",
             processing_local_path("output", "forecast"),
             "--horizon-hours",
@@ -288,6 +304,8 @@ def load_forecast(
         made = made_by(forecast, choice, reports[customer])
         if made["source"] != choice.source:
             context.log.warning(f"customer '{customer}': {made['source_reason']}")
+        if made["weather_input"].startswith("none for horizon"):
+            context.log.warning(f"customer '{customer}': weather {made['weather_input']}")
         # The table first, in one transaction; the file becomes current only once it committed.
         rows = database.replace_forecast(customer, context.run_id, forecast)
         published = publication.publish(
@@ -334,12 +352,31 @@ def made_by(forecast: pd.DataFrame, choice: ModelChoice, report: dict[str, Any])
     source = str(forecast["source"].iloc[0]) if len(forecast) else choice.source
     return {
         "source": source,
-        "source_reason": str(report.get("fallback_reason") or choice.why),
+        "source_reason": reported_text(report, "fallback_reason") or choice.why,
         "model_version": str(forecast["model_version"].iloc[0])
         if len(forecast)
         else choice.version,
         "model_kind": str(forecast["model_kind"].iloc[0]) if "model_kind" in forecast else "",
+        # One phrase for the whole forecast; the file and the table say it per step.
+        "weather_input": reported_text(report, "weather_input") or weather_input_of(forecast),
     }
+
+
+def reported_text(report: dict[str, Any], key: str) -> str:
+    """A text the job reported: a metadata value (one customer's materialization) or a plain
+    string (a batch's per-customer message); "" when it reported none."""
+    value = report.get(key)
+    if value is None:
+        return ""
+    return str(getattr(value, "value", value) or "")
+
+
+def weather_input_of(forecast: pd.DataFrame) -> str:
+    """The forecast's weather input from its column (a file of a job that did not report it)."""
+    if "weather_input" not in forecast or forecast.empty:
+        return ""
+    values = sorted(set(forecast["weather_input"].astype(str)))
+    return values[0] if len(values) == 1 else ", ".join(values)
 
 
 def sanity_check(

@@ -218,7 +218,10 @@ def load_forecast_model(
     ``preprocessed/load`` version. The candidates forecast from up to ``backtest_days`` daily
     origins, each from data before it only, and the one with the lowest WAPE on the customer's
     total load is the model; it is gated against seasonal naive (same time last week) on the
-    same hours. Artifact: ``models/<customer>/<job>/output/model.tar.gz`` with the model, its
+    same hours. When the customer has weather (``weather.parquet`` in its preprocessed version)
+    covering its history, the tree candidates also get weather features, and the metadata says
+    whether they did (``weather_features``, ``weather_note``, ``backtest_weather``).
+    Artifact: ``models/<customer>/<job>/output/model.tar.gz`` with the model, its
     feature spec, normalization parameters and metrics. Each version is recorded in the
     model registry (table ``model_versions``), which is where models are published: Approved
     when it passes the quality gate, else Rejected (a recorded outcome, not a failure: the
@@ -261,6 +264,8 @@ def load_forecast_model(
         (customer,) = to_run
         hyperparameters["customer_id"] = customer
         channels = [JobInput("train", tables[customer].uri("load.parquet"))]
+        if paths.WEATHER_FILE in tables[customer].files:
+            channels.append(JobInput("weather", tables[customer].uri(paths.WEATHER_FILE)))
         output_uri = paths.models_prefix(store, customer)
         checkpoint_uri = paths.checkpoints(store, customer)
     else:
@@ -269,6 +274,15 @@ def load_forecast_model(
             JobInput("train", stage_per_customer(store, name, "train", sources)),
             JobInput("batch", stage_batch_file(store, name, [{"customer_id": c} for c in to_run])),
         ]
+        weather = {
+            c: tables[c].uri(paths.WEATHER_FILE)
+            for c in to_run
+            if paths.WEATHER_FILE in tables[c].files
+        }
+        if weather:
+            channels.append(
+                JobInput("weather", stage_per_customer(store, name, "weather", weather))
+            )
         # The batch's archives stay with the job; each customer's model is split out below.
         output_uri = store.uri("jobs")
         checkpoint_uri = store.uri("checkpoints", "batches", name)
@@ -414,6 +428,9 @@ def score_metadata(summary: dict[str, Any]) -> dict[str, Any]:
             if k != "n"
         },
         "wape_ratio_model_to_baseline": round(summary["wape_ratio"], 4),
+        # Whether the model had weather features (and why not); models from before weather: no.
+        "weather_features": bool(summary.get("weather", {}).get("used", False)),
+        "weather_note": str(summary.get("weather", {}).get("note", "")),
     }
 
 

@@ -204,7 +204,9 @@ def preprocessed_load(
     (interval start, UTC), ``device_id``, ``energy_kwh``, ``is_filled`` and ``is_gap``. Exact
     duplicate readings are dropped, conflicting ones reported (the later file wins), gaps up to
     ``max_fill_gap`` interpolated and longer ones kept as flagged gaps, and readings summed to
-    ``interval`` (hourly by default). Grain: one row per device per interval.
+    ``interval`` (hourly by default). Grain: one row per device per interval. When the customer
+    has weather files, ``weather.parquet`` (temperature per interval, observed and forecast; see
+    ``forecast_core.weather``) is published with them.
 
     The blocking checks run on what the job produced, before anything is published; only then do
     ``load.parquet``, ``devices.json`` and ``quality.json`` become the customer's current version
@@ -304,7 +306,10 @@ def preprocessed_load(
     for customer in to_run:
         if customer in failed:
             continue
-        staged_files = {f: join_uri(staged[customer], f) for f in paths.PREPROCESSED_FILES}
+        manifest = read_json(store, manifests[customer].uri(paths.RAW_MANIFEST))
+        # weather.parquet too when the customer has weather files: one version, all together.
+        expected = paths.preprocessed_files(manifest)
+        staged_files = {f: join_uri(staged[customer], f) for f in expected}
         if not store.exists(staged_files["load.parquet"]):
             failed[customer] = (
                 f"customer '{customer}': the preprocessing job {job.name} wrote no "
@@ -312,7 +317,6 @@ def preprocessed_load(
             )
             continue
         table = read_parquet(store, staged_files["load.parquet"])
-        manifest = read_json(store, manifests[customer].uri(paths.RAW_MANIFEST))
         checks[customer] = quality_checks(customer, table, config, manifest)
         produced[customer] = (staged_files, table, read_json(store, staged_files["quality.json"]))
     failed.update(blocked_customers(checks, BLOCKING_CHECKS))
@@ -333,6 +337,7 @@ def preprocessed_load(
             "long_gaps": quality["long_gaps"],
             "dropped_devices": quality.get("dropped_devices", []),
             "raw_version": manifests[customer].version,
+            "weather": paths.WEATHER_FILE in staged_files,
         }
         published = publication.publish(
             store,

@@ -31,6 +31,8 @@ from forecast_core.vendors import (
     parse_meter_file,
     summarize,
 )
+from forecast_core.weather import WeatherFileError, conflicts, parse_weather_file
+from forecast_core.weather import summarize as summarize_weather
 from resources.storage import ObjectStore
 
 
@@ -120,6 +122,12 @@ def raw_load(
     meters with fewer than ``min_readings_per_meter`` readings are listed in
     ``meters_too_short``. In a batch, a customer with unusable files fails alone: the others'
     manifests are published (see ``forecast_assets.assets.common.finish_step``).
+
+    Optional weather files under ``landing/<customer>/weather/`` (format in
+    ``forecast_core.weather``) are validated too (unreadable or offset-less timestamps,
+    temperatures outside -60..60 °C, duplicates, conflicting files, observations in the future)
+    and listed apart from the meter files (``weather_files`` in the manifest), so a change in
+    weather is a new version of the raw data.
     """
     customers = customer_ids(context)
     at = now()
@@ -137,7 +145,7 @@ def raw_load(
         for meter in result.meters_too_short:
             context.log.warning(f"customer '{customer}': {meter['reason']}")
         per_customer[customer] = {
-            **record_manifest(store, customer, result.prefix, result.files),
+            **record_manifest(store, customer, result.prefix, result.files, result.weather_files),
             "files_version": result.version,
             **problem_metadata(result),
         }
@@ -164,6 +172,8 @@ class ValidatedFiles:
     """One record per meter file (see ``record_manifest``)."""
     version: str
     """A digest of every meter file's key and content."""
+    weather_files: list[dict[str, Any]] = field(default_factory=list)
+    """One record per weather file (uri, relative_path, bytes, sha256, etag, readings, span)."""
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Objects that are not meter files: ``file`` (relative path) and ``reason``."""
     meters_too_short: list[dict[str, Any]] = field(default_factory=list)
@@ -191,6 +201,7 @@ def validate_files(
 
     skipped: list[dict[str, str]] = []
     candidates = []
+    weather_objects = []
     problems: list[str] = []
     for obj in objects:
         relative = obj.uri[len(prefix) :]
@@ -199,6 +210,8 @@ def validate_files(
             skipped.append({"file": relative, "reason": key.reason})
         elif key.kind == "bad":
             problems.append(f"customer '{customer}', file '{obj.uri}': {key.reason}")
+        elif key.kind == "weather":
+            weather_objects.append(obj)
         else:
             candidates.append(obj)
     if not candidates and not problems:
@@ -242,6 +255,29 @@ def validate_files(
                 "end": summary.end.isoformat(),
             }
         )
+    weather_files: list[dict[str, Any]] = []
+    weather_frames: dict[str, pd.DataFrame] = {}
+    for obj in weather_objects:
+        data = store.read_bytes(obj.uri)
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            temperatures = parse_weather_file(data, obj.uri, latest=limits.latest)
+        except WeatherFileError as exc:
+            problems.append(f"customer '{customer}', {exc}")
+            continue
+        weather_frames[obj.uri] = temperatures
+        combined.update(f"{obj.key}\0{digest}\n".encode())
+        weather_files.append(
+            {
+                "uri": obj.uri,
+                "relative_path": obj.uri[len(prefix) :],
+                "bytes": len(data),
+                "sha256": digest,
+                "etag": obj.etag,
+                **summarize_weather(temperatures),
+            }
+        )
+    problems += [f"customer '{customer}', {line}" for line in conflicts(weather_frames)]
     if problems:
         raise RawFilesError(
             f"{len(problems)} of {len(objects) - len(skipped)} raw file(s) cannot be used:\n"
@@ -251,6 +287,7 @@ def validate_files(
         prefix=prefix,
         files=files,
         version=combined.hexdigest()[:16],
+        weather_files=weather_files,
         skipped=skipped,
         meters_too_short=readings.too_short(config.min_readings_per_meter),
     )
@@ -310,12 +347,24 @@ def problem_metadata(result: ValidatedFiles) -> dict[str, Any]:
 
 
 def record_manifest(
-    store: ObjectStore, customer: str, prefix: str, files: list[dict[str, Any]]
+    store: ObjectStore,
+    customer: str,
+    prefix: str,
+    files: list[dict[str, Any]],
+    weather_files: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Publish the customer's manifests (unchanged files: the same version, left as it is);
-    returns the materialization's metadata."""
-    manifest = {"customer_id": customer, "landing_prefix": prefix, "files": files}
-    sagemaker_manifest = [{"prefix": prefix}, *(f["relative_path"] for f in files)]
+    returns the materialization's metadata. Weather files are listed apart from the meter files
+    (``weather_files``), and only when there are any, so a customer without weather keeps the
+    manifest (and its version) it had."""
+    weather_files = weather_files or []
+    manifest: dict[str, Any] = {"customer_id": customer, "landing_prefix": prefix, "files": files}
+    if weather_files:
+        manifest["weather_files"] = weather_files
+    sagemaker_manifest = [
+        {"prefix": prefix},
+        *(f["relative_path"] for f in [*files, *weather_files]),
+    ]
     contents = {
         paths.RAW_MANIFEST: json.dumps(manifest, indent=2).encode(),
         paths.RAW_SAGEMAKER_MANIFEST: json.dumps(sagemaker_manifest).encode(),
@@ -339,6 +388,9 @@ def record_manifest(
         "vendors": ", ".join(vendors),
         "start": min(f["start"] for f in files),
         "end": max(f["end"] for f in files),
+        "weather_files": len(weather_files),
+        "weather_start": min((f["start"] for f in weather_files), default=""),
+        "weather_end": max((f["end"] for f in weather_files), default=""),
         "landing_prefix": dg.MetadataValue.url(prefix),
         "manifest_uri": dg.MetadataValue.url(manifest_uri),
         "file_list": table_metadata(

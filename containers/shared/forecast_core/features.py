@@ -44,7 +44,12 @@ import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 
-FEATURE_SPEC_VERSION = 4
+from forecast_core.weather import FORECAST, OBSERVED
+
+# 5: the spec records whether the model has weather features. A version-4 spec is read as one
+# without (its features are exactly those), so a model trained before weather keeps forecasting.
+FEATURE_SPEC_VERSION = 5
+READABLE_SPEC_VERSIONS = (4, 5)
 
 CALENDAR_FEATURES = (
     "time_of_day",
@@ -57,6 +62,29 @@ CALENDAR_FEATURES = (
     "day_lag_special",
 )
 
+WEATHER_FEATURES = (
+    "temperature_c",
+    "daily_mean_temperature_c",
+    "heating_degree_hours",
+    "cooling_degree_hours",
+    "temperature_change_vs_day_lag",
+    "temperature_change_vs_week_lag",
+)
+HEATING_BASE_C = 15.0
+COOLING_BASE_C = 22.0
+# Weather features only when the weather table has a temperature for this share of the load
+# history's hours: a model must not learn from a few weeks of weather and guess the rest.
+WEATHER_MIN_COVERAGE = 0.9
+# Stand-in for an archived weather forecast: the observation plus an error of this standard
+# deviation (°C) for a step on the first day ahead, plus PER_DAY for each further day. Typical
+# 2 m temperature errors of a national weather service's forecast, day one and two.
+SIMULATED_ERROR_C, SIMULATED_ERROR_PER_DAY_C = 1.0, 0.5
+# Filling an hour of the horizon without a forecast: the mean of the last week at that time.
+FILL_DAYS = 7
+# What a forecast step's weather input was (the forecast's ``weather_input`` column).
+WEATHER_FORECAST, WEATHER_OBSERVED = "forecast", "observed"
+WEATHER_NONE, WEATHER_NOT_USED = "none_for_horizon", "not_used"
+
 
 class FeatureSpecVersionError(ValueError):
     """A saved feature spec from another version of this code: its model's inputs cannot be
@@ -65,7 +93,8 @@ class FeatureSpecVersionError(ValueError):
     def __init__(self, found: object):
         self.found = found
         super().__init__(
-            f"feature spec version {found} is not {FEATURE_SPEC_VERSION}; "
+            f"feature spec version {found} is not {FEATURE_SPEC_VERSION} (nor an older one this "
+            f"code reads: {', '.join(str(v) for v in READABLE_SPEC_VERSIONS[:-1])}); "
             "retrain the model with this code"
         )
 
@@ -85,6 +114,9 @@ class FeatureSpec:
     timezone: str
     holiday_country: str
     device_codes: dict[str, int] = field(default_factory=dict)
+    weather: bool = False
+    """Whether the model has :data:`WEATHER_FEATURES` (the customer's weather covered its
+    history when it was trained)."""
     version: int = FEATURE_SPEC_VERSION
 
     @property
@@ -107,7 +139,8 @@ class FeatureSpec:
     def feature_names(self, bucket: int) -> list[str]:
         names = [f"lag_{s}" for s in self.day_lags(bucket)]
         names += [f"median_same_hour_{self.median_weeks}w", "mean_last_day"]
-        return [*names, *CALENDAR_FEATURES, "device_code"]
+        weather = list(WEATHER_FEATURES) if self.weather else []
+        return [*names, *CALENDAR_FEATURES, *weather, "device_code"]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -115,9 +148,10 @@ class FeatureSpec:
     @classmethod
     def from_json(cls, text: str) -> FeatureSpec:
         raw = json.loads(text)
-        if raw.get("version") != FEATURE_SPEC_VERSION:
+        if raw.get("version") not in READABLE_SPEC_VERSIONS:
             raise FeatureSpecVersionError(raw.get("version"))
         raw["bucket_steps"] = tuple(raw["bucket_steps"])
+        raw["version"] = FEATURE_SPEC_VERSION  # a version 4 spec is one without weather
         return cls(**raw)
 
 
@@ -129,6 +163,7 @@ def make_feature_spec(
     holiday_country: str,
     devices: list[str],
     median_weeks: int = 4,
+    weather: bool = False,
 ) -> FeatureSpec:
     """Buckets of whole days up to the horizon (48 h: 1-24 h and 25-48 h ahead)."""
     steps_per_hour = pd.Timedelta(hours=1) / resolution
@@ -148,6 +183,7 @@ def make_feature_spec(
         timezone=timezone,
         holiday_country=holiday_country,
         device_codes=codes,
+        weather=weather,
     )
 
 
@@ -264,11 +300,20 @@ class Design(NamedTuple):
 
 
 def build_features(
-    grid: pd.DataFrame, spec: FeatureSpec, scales: dict[str, float], bucket: int
+    grid: pd.DataFrame,
+    spec: FeatureSpec,
+    scales: dict[str, float],
+    bucket: int,
+    weather: pd.DataFrame | None = None,
+    forecast_from: pd.Timestamp | None = None,
 ) -> Design:
     """Features of horizon bucket ``bucket``, target and de-normalization for every row of
     ``grid`` (see :func:`regular_grid`). Every feature of a row at ``t`` uses only values at
-    ``t - bucket`` or earlier.
+    ``t - bucket`` or earlier, and weather as it was known then (see the module docstring).
+
+    ``weather``: the customer's weather table (read only if ``spec.weather``; None or empty
+    makes the weather features missing). ``forecast_from``: when forecasting, the origin; rows
+    from it on take the horizon's weather (:func:`horizon_weather`).
 
     Lag values that fall in a gap are NaN; scikit-learn's forests route missing values. Where a
     device has no recent level (a week-long gap), its mean load stands in.
@@ -314,9 +359,196 @@ def build_features(
     cal = calendar_features(grid["timestamp"], spec, day_lag=day_lags[0])
     cal.index = grid.index
     features = pd.concat([features, cal], axis=1)
+    if spec.weather:
+        table = weather_features(grid["timestamp"], spec, bucket, weather, forecast_from)
+        table.index = grid.index
+        features = pd.concat([features, table], axis=1)
     features["device_code"] = grid["device_id"].map(spec.device_codes).astype(int).to_numpy()
     return Design(
         features=features[spec.feature_names(bucket)],
         target=pd.Series(y / level, index=grid.index, name="target"),
         kwh_per_unit=scale * level,
+    )
+
+
+# Weather -----------------------------------------------------------------------------------------
+
+
+def _utc_index(values: pd.Series | pd.DatetimeIndex) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(values)
+    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+    return index.as_unit("ns")
+
+
+def _latest(weather: pd.DataFrame | None, kind: str) -> pd.Series:
+    """Temperature per timestamp of ``kind`` readings (forecasts: the newest issue's)."""
+    if weather is None or weather.empty:
+        return pd.Series(dtype=float, index=pd.DatetimeIndex([], tz="UTC"))
+    rows = weather[weather["kind"] == kind]
+    if kind == FORECAST:
+        rows = rows.sort_values("issued_at", kind="stable")
+    rows = rows.drop_duplicates("timestamp", keep="last")
+    return pd.Series(
+        rows["temperature_c"].to_numpy(dtype=float), index=_utc_index(rows["timestamp"])
+    )
+
+
+def weather_history(weather: pd.DataFrame | None, index: pd.DatetimeIndex) -> pd.Series:
+    """The temperature at each of ``index``: the observation, else the newest forecast."""
+    index = _utc_index(index)
+    observed = _latest(weather, OBSERVED).reindex(index)
+    return observed.fillna(_latest(weather, FORECAST).reindex(index))
+
+
+def weather_coverage(weather: pd.DataFrame | None, timestamps: pd.Series) -> float:
+    """The share of the distinct ``timestamps`` the weather table has a temperature for."""
+    index = _utc_index(pd.Series(timestamps).drop_duplicates())
+    if len(index) == 0:
+        return 0.0
+    return float(weather_history(weather, index).notna().mean())
+
+
+def _uniform(keys: np.ndarray, salt: int) -> np.ndarray:
+    """A uniform in [0, 1) per integer key (SplitMix64): the same key, the same number, on any
+    machine, without a random state to carry around."""
+    with np.errstate(over="ignore"):
+        x = keys.astype(np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def _normal(keys: np.ndarray, salt: int) -> np.ndarray:
+    u1 = np.maximum(_uniform(keys, salt), 1e-12)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * _uniform(keys, salt + 1))
+
+
+def simulated_forecast_error(
+    timestamps: pd.DatetimeIndex, origins: pd.DatetimeIndex, days_ahead: int
+) -> np.ndarray:
+    """The error (°C) added to an observation that stands in for a weather forecast of
+    ``timestamps`` issued at ``origins``, ``days_ahead`` days ahead. Normal, with a standard
+    deviation of ``SIMULATED_ERROR_C`` + ``SIMULATED_ERROR_PER_DAY_C`` per further day; 80 % of
+    its variance shared by all hours of one issue day (a forecast that is too warm is too warm
+    all day), the rest hour by hour. Deterministic: the same hours get the same errors."""
+    sigma = SIMULATED_ERROR_C + SIMULATED_ERROR_PER_DAY_C * max(days_ahead - 1, 0)
+    day = pd.Timedelta(days=1).value
+    issue_days = _utc_index(origins).asi8 // day
+    hours = _utc_index(timestamps).asi8 // pd.Timedelta(minutes=1).value
+    shared = _normal(issue_days, 1000 + days_ahead)
+    own = _normal(hours, 2000 + days_ahead)
+    return sigma * (np.sqrt(0.8) * shared + np.sqrt(0.2) * own)
+
+
+def archived_forecast(
+    weather: pd.DataFrame | None, index: pd.DatetimeIndex, spec: FeatureSpec, bucket: int
+) -> np.ndarray:
+    """The newest weather forecast of each of ``index`` issued at or before the origin that
+    forecasts it in ``bucket`` (``bucket - 1`` steps before it); NaN where there is none."""
+    index = _utc_index(index)
+    values = np.full(len(index), np.nan)
+    if weather is None or weather.empty:
+        return values
+    forecasts = weather[weather["kind"] == FORECAST]
+    if forecasts.empty:
+        return values
+    origins = index - (bucket - 1) * spec.resolution
+    left = pd.DataFrame({"timestamp": index, "origin": origins, "_row": np.arange(len(index))})
+    right = pd.DataFrame(
+        {
+            "timestamp": _utc_index(forecasts["timestamp"]),
+            "issued_at": _utc_index(forecasts["issued_at"]),
+            "temperature_c": forecasts["temperature_c"].to_numpy(dtype=float),
+        }
+    )
+    merged = pd.merge_asof(
+        left.sort_values("origin"),
+        right.sort_values("issued_at"),
+        left_on="origin",
+        right_on="issued_at",
+        by="timestamp",
+        direction="backward",
+    )
+    values[merged["_row"].to_numpy()] = merged["temperature_c"].to_numpy(dtype=float)
+    return values
+
+
+def weather_as_known(
+    weather: pd.DataFrame | None, index: pd.DatetimeIndex, spec: FeatureSpec, bucket: int
+) -> np.ndarray:
+    """The temperature at each of ``index`` as known at the origin that forecasts it in
+    ``bucket``: :func:`archived_forecast`, else the observation plus
+    :func:`simulated_forecast_error`, else NaN."""
+    index = _utc_index(index)
+    values = archived_forecast(weather, index, spec, bucket)
+    origins = index - (bucket - 1) * spec.resolution
+    days_ahead = -(-bucket // spec.day_steps)
+    observed = _latest(weather, OBSERVED).reindex(index).to_numpy(dtype=float)
+    stand_in = observed + simulated_forecast_error(index, origins, days_ahead)
+    return np.where(np.isfinite(values), values, stand_in)
+
+
+def horizon_weather(
+    weather: pd.DataFrame | None, future: pd.DatetimeIndex, origin: pd.Timestamp
+) -> tuple[np.ndarray, np.ndarray]:
+    """The temperature of each forecast step (``future``, from ``origin`` on) and where it came
+    from: the newest ``forecast`` for it, else an ``observed`` value, else ``none_for_horizon``:
+    the mean at that time of day of the last ``FILL_DAYS`` days of weather before the origin
+    (NaN if the customer has no weather at all)."""
+    future = _utc_index(future)
+    values = np.array(_latest(weather, FORECAST).reindex(future), dtype=float)  # writable
+    sources = np.where(np.isfinite(values), WEATHER_FORECAST, WEATHER_NONE).astype(object)
+    observed = _latest(weather, OBSERVED).reindex(future).to_numpy(dtype=float)
+    use_observed = ~np.isfinite(values) & np.isfinite(observed)
+    values[use_observed] = observed[use_observed]
+    sources[use_observed] = WEATHER_OBSERVED
+    missing = ~np.isfinite(values)
+    if missing.any() and weather is not None and not weather.empty:
+        everything = _utc_index(weather["timestamp"].drop_duplicates().sort_values())
+        before = everything[everything < _utc_index(pd.DatetimeIndex([origin]))[0]]
+        if len(before):
+            recent = before[before > before[-1] - pd.Timedelta(days=FILL_DAYS)]
+            past = weather_history(weather, recent)
+            by_time = past.groupby(past.index.hour * 60 + past.index.minute).mean()
+            slot = pd.Series(future.hour * 60 + future.minute)
+            fill = slot.map(by_time).fillna(past.mean()).to_numpy(dtype=float)
+            values[missing] = fill[missing]
+    return values, sources
+
+
+def weather_features(
+    timestamps: pd.Series,
+    spec: FeatureSpec,
+    bucket: int,
+    weather: pd.DataFrame | None,
+    forecast_from: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """:data:`WEATHER_FEATURES` for rows at ``timestamps`` in ``bucket`` (module docstring)."""
+    stamps = _utc_index(timestamps)
+    index = pd.date_range(stamps.min(), stamps.max(), freq=spec.resolution).as_unit("ns")
+    past = weather_history(weather, index)
+    known = weather_as_known(weather, index, spec, bucket)
+    if forecast_from is not None:
+        ahead = index >= _utc_index(pd.DatetimeIndex([forecast_from]))[0]
+        known[ahead], _ = horizon_weather(weather, index[ahead], forecast_from)
+    temperature = pd.Series(known, index=index)
+    day, week = spec.day_steps, spec.week_steps
+
+    def degree_hours(base: float, sign: float) -> pd.Series:
+        # At the target, minus their mean over the week the recent level comes from.
+        at_target = (sign * (temperature - base)).clip(lower=0)
+        before = (sign * (past - base)).clip(lower=0).shift(bucket)
+        return at_target - before.rolling(week, min_periods=week // 2).mean()
+
+    columns = {
+        "temperature_c": temperature,
+        "daily_mean_temperature_c": temperature.rolling(day, min_periods=day // 2).mean(),
+        "heating_degree_hours": degree_hours(HEATING_BASE_C, -1.0),
+        "cooling_degree_hours": degree_hours(COOLING_BASE_C, 1.0),
+        "temperature_change_vs_day_lag": temperature - past.shift(spec.day_lags(bucket)[0]),
+        "temperature_change_vs_week_lag": temperature - past.shift(week),
+    }
+    return pd.DataFrame(
+        {name: values.reindex(stamps).to_numpy() for name, values in columns.items()}
     )
