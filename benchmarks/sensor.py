@@ -1,6 +1,18 @@
-"""Tick time and peak memory of ``raw_files_sensor`` at 10,000 and 100,000 landed objects.
+"""Tick time and peak memory of ``raw_files_sensor`` (listing) and ``raw_file_events_sensor``
+(S3 event notifications on SQS) at 10,000 to 1,000,000 landed objects.
 
-``python -m benchmarks.sensor [--sizes 10000 100000] [--stores local s3] [--out PATH]``
+``python -m benchmarks.sensor [--sizes 10000 100000 1000000] [--stores local s3 sqs] [--out PATH]``
+
+Store ``sqs`` is the event sensor: the same N objects in the moto bucket, then the bucket's
+notification configured to a moto SQS queue (after populating, so the N objects send no
+events). Its scenarios: ``steady`` (an empty queue: a SkipReason), ``new_object`` (one object put
+over HTTP, so moto's S3 sends its event: one run) and ``burst`` (``BURST_CUSTOMERS`` customers x
+20 objects put at once: ``MAX_RUNS_PER_TICK`` runs). The puts happen in the worker before the
+timed block; each repeat puts new content. The instance holds every customer (N/20), as after
+a drain. Its ReceiveMessage calls do not long-poll (``wait_seconds=0``; production waits up to
+1 s on the last, empty, call: wall time, not CPU). Above ``--s3-max`` objects the listing
+sensor is not run on moto (its listing is quadratic there, see below); ``--local-reduced-above``
+gives the local store one repeat and no drain, warm repeat or tracemalloc.
 
 For each size N and each store (``LocalObjectStore`` in a temporary directory, and
 ``S3ObjectStore`` on a moto server in its own process), N tiny objects are landed across N/20
@@ -72,6 +84,9 @@ BASE_EPOCH = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
 TIMESTAMP_SPACING = 10
 NEW_OBJECT_KEY = "landing/c00001/late-arrival.csv"
 SCENARIOS = ("first_tick", "steady", "new_object")
+SQS_SCENARIOS = ("steady", "new_object", "burst")
+BURST_CUSTOMERS = 25
+QUEUE_NAME = "new-files"
 PROBE_PUTS = 600
 PROBE_THREADS = 16
 PROBE_BUCKET = "put-rate-probe"
@@ -439,7 +454,111 @@ def worker_moto(spec: dict[str, Any]) -> None:
                 fake.last_modified = datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
                 count += 1
             reply({"objects": count, "seconds": time.perf_counter() - started})
+        elif command["cmd"] == "notify":
+            # After populating: from here on every object put sends its event to the queue.
+            sqs = boto3.client("sqs")
+            url = sqs.create_queue(QueueName=QUEUE_NAME)["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            client.put_bucket_notification_configuration(
+                Bucket=BUCKET,
+                NotificationConfiguration={
+                    "QueueConfigurations": [
+                        {
+                            "QueueArn": arn,
+                            "Events": ["s3:ObjectCreated:*"],
+                            "Filter": {
+                                "Key": {"FilterRules": [{"Name": "prefix", "Value": "landing/"}]}
+                            },
+                        }
+                    ]
+                },
+            )
+            sqs.purge_queue(QueueUrl=url)  # the s3:TestEvent
+            reply({"queue_url": url})
     server.stop()
+
+
+def worker_partitions(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every customer of the layout in the partition set, in order (what a drain leaves)."""
+    import dagster as dg
+
+    from forecast_assets.partitions import customers_partitions_def
+
+    name = customers_partitions_def.name
+    assert name is not None
+    customers = [customer_id(i) for i in range(1, spec["objects"] // FILES_PER_CUSTOMER + 1)]
+    started = time.perf_counter()
+    dg.DagsterInstance.get().add_dynamic_partitions(name, customers)
+    return {"customers": len(customers), "seconds": time.perf_counter() - started}
+
+
+def worker_sqs_tick(spec: dict[str, Any]) -> dict[str, Any]:
+    """Put the scenario's new objects (moto sends their events), then one timed evaluation of
+    ``raw_file_events_sensor``."""
+    inherited = maxrss_kib()
+    import gc
+
+    import dagster as dg
+
+    from forecast_assets.sqs_sensor import raw_file_events_sensor
+    from resources.queue import SqsQueue
+
+    settle_now()
+    instance = dg.DagsterInstance.get()
+    store = make_store(spec)
+    queue = SqsQueue(queue_url=spec["queue_url"], wait_seconds=0)
+    nonce = f"{time.time_ns()}"
+    puts = 0
+    if spec["scenario"] == "new_object":
+        store.write_bytes(store.uri(*NEW_OBJECT_KEY.split("/")), f"c00001,{nonce}\n".encode())
+        puts = 1
+    elif spec["scenario"] == "burst":
+        for i in range(1, BURST_CUSTOMERS + 1):
+            for day in range(FILES_PER_CUSTOMER):
+                key = f"landing/{customer_id(i)}/burst-{day:02d}.csv"
+                store.write_bytes(store.uri(*key.split("/")), f"{i},{day},{nonce}\n".encode())
+                puts += 1
+    waiting = queue.backlog()
+    gc.collect()
+    before = proc_status()
+    hwm_reset = reset_peak_rss()
+    load = os.getloadavg()[0]
+    server_cpu = cpu_seconds_of(spec.get("moto_pid"))
+    started, cpu_started = time.perf_counter(), time.process_time()
+    with dg.build_sensor_context(
+        instance=instance, resources={"store": store, "new_files_queue": queue}
+    ) as context:
+        result = raw_file_events_sensor(context)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    server_after = cpu_seconds_of(spec.get("moto_pid"))
+    after = proc_status()
+    assert isinstance(result, dg.SensorResult | dg.SkipReason), result
+    requests = [] if isinstance(result, dg.SkipReason) else list(result.run_requests or [])
+    return {
+        "inherited_maxrss_kib": inherited,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "moto_server_cpu_seconds": (
+            None if server_cpu is None or server_after is None else server_after - server_cpu
+        ),
+        "loadavg_1min_before": load,
+        "rss_before_kib": before["VmRSS"],
+        "peak_rss_during_tick_kib": after["VmHWM"] if hwm_reset else None,
+        "rss_after_kib": after["VmRSS"],
+        "maxrss_after_kib": maxrss_kib(),
+        "objects_put": puts,
+        "messages_waiting_before": waiting["visible"],
+        "messages_left_after": sum(queue.backlog().values()),
+        "result": "SkipReason" if isinstance(result, dg.SkipReason) else "SensorResult",
+        "skip_message": result.skip_message if isinstance(result, dg.SkipReason) else None,
+        "run_requests": len(requests),
+        "new_partitions": 0,
+        "objects_listed": 0,
+        "cursor_in_bytes": 0,
+        "cursor_out_bytes": None,
+    }
 
 
 WORKERS = {
@@ -447,6 +566,8 @@ WORKERS = {
     "prepare": worker_prepare,
     "drain": worker_drain,
     "add": worker_add,
+    "partitions": worker_partitions,
+    "sqs_tick": worker_sqs_tick,
 }
 
 
@@ -604,19 +725,27 @@ def measure_store(
     cursor_file = base / "drained_cursor.json"
     spec: dict[str, Any] = {"store": store, "root": str(base / "s3")}
     out: dict[str, Any] = {"objects": n, "customers": n // FILES_PER_CUSTOMER}
-    reduced = store == "s3" and n > args.s3_reduced_above
+    reduced = (store == "s3" and n > args.s3_reduced_above) or (
+        store == "local" and n > args.local_reduced_above
+    )
     protocol = {
         "repeats": args.s3_reduced_repeats if reduced else args.repeats,
         "warm_repeat": args.warm_repeat and not reduced,
         "tracemalloc": args.tracemalloc and not reduced,
         "full_drain": n <= args.drain_max and store in args.drain_stores,
     }
-    if reduced:
+    if reduced and store == "s3":
         protocol["reduced"] = (
             f"S3 above {args.s3_reduced_above} objects: moto's ListObjectsV2 collects and "
             "sorts the whole bucket for every page, so a listing grows quadratically (see "
             "prepare.list_objects_seconds_first_in_process)"
         )
+    elif reduced:
+        protocol["reduced"] = (
+            f"local above {args.local_reduced_above} objects: one repeat, no warm repeat, no "
+            "tracemalloc (a tick is about a minute)"
+        )
+        protocol["repeats"] = args.s3_reduced_repeats
     out["protocol"] = protocol
     moto = None
     try:
@@ -697,6 +826,56 @@ def measure_store(
     return out
 
 
+def measure_sqs(
+    n: int, work: Path, args: argparse.Namespace, env: dict[str, str]
+) -> dict[str, Any]:
+    """raw_file_events_sensor with N objects in the bucket: it reads the queue, never the bucket."""
+    base = work / f"sqs-{n}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    home = base / "dagster_drained"
+    home.mkdir()
+    out: dict[str, Any] = {
+        "objects": n,
+        "customers": n // FILES_PER_CUSTOMER,
+        "protocol": {"repeats": args.repeats, "scenarios": list(SQS_SCENARIOS)},
+    }
+    moto = Moto(env, base / "moto.log")
+    try:
+        env = {**env, "AWS_ENDPOINT_URL": moto.endpoint, "DAGSTER_HOME": str(home)}
+        populated = moto.call(cmd="populate", n=n)
+        out["setup"] = {
+            "how": "moto in-process backend (S3Backend.put_object in the server process), then "
+            "the bucket notification to an SQS queue",
+            "seconds": populated["seconds"],
+        }
+        log(f"sqs {n}: populated in {populated['seconds']:.1f} s")
+        queue_url = moto.call(cmd="notify")["queue_url"]
+        out["partitions"] = run_worker({"worker": "partitions", "objects": n}, env)
+        spec = {"store": "s3", "queue_url": queue_url, "moto_pid": moto.proc.pid}
+        scenarios: dict[str, Any] = {}
+        for scenario in SQS_SCENARIOS:
+            runs = []
+            for _ in range(args.repeats):
+                runs.append(run_worker({"worker": "sqs_tick", "scenario": scenario, **spec}, env))
+                log(
+                    f"sqs {n} {scenario}: {runs[-1]['seconds']:.3f} s, "
+                    f"{runs[-1]['run_requests']} runs, "
+                    f"{runs[-1]['messages_waiting_before']} messages"
+                )
+            summary = summarize(runs)
+            for name in ("objects_put", "messages_waiting_before", "messages_left_after"):
+                summary[name] = [r[name] for r in runs]
+            scenarios[scenario] = summary
+        out["scenarios"] = scenarios
+        out["moto_server_memory_kib"] = moto.call(cmd="status")
+    finally:
+        moto.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
@@ -714,7 +893,12 @@ def machine_info() -> dict[str, Any]:
     )
     digests = {
         path: hashlib.sha256((REPO_ROOT / path).read_bytes()).hexdigest()[:16]
-        for path in ("forecast_assets/sensors.py", "resources/storage.py")
+        for path in (
+            "forecast_assets/sensors.py",
+            "forecast_assets/sqs_sensor.py",
+            "resources/queue.py",
+            "resources/storage.py",
+        )
     }
     return {
         "cpu_count": os.cpu_count(),
@@ -740,7 +924,7 @@ def ratios(results: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
             continue
         lo, hi = by_size[str(small)]["scenarios"], by_size[str(large)]["scenarios"]
         per: dict[str, Any] = {}
-        for scenario in SCENARIOS:
+        for scenario in lo.keys() & hi.keys():
             entry = {}
             for figure in (
                 "seconds",
@@ -785,8 +969,22 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--stores", nargs="+", choices=["local", "s3"], default=["local", "s3"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument(
+        "--stores", nargs="+", choices=["local", "s3", "sqs"], default=["local", "s3", "sqs"]
+    )
+    parser.add_argument(
+        "--s3-max",
+        type=int,
+        default=100_000,
+        help="skip the listing sensor on moto above this size (its listing is quadratic there)",
+    )
+    parser.add_argument(
+        "--local-reduced-above",
+        type=int,
+        default=100_000,
+        help="local sizes above this get one repeat, no warm repeat, no tracemalloc",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary dir")
@@ -820,7 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     env = base_env(work)
     report: dict[str, Any] = {
-        "benchmark": "raw_files_sensor tick",
+        "benchmark": "raw_files_sensor and raw_file_events_sensor tick",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.sensor", *sys.argv[1:]]),
         "machine": machine_info(),
@@ -843,7 +1041,16 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             for store in args.stores:
                 log(f"{store}: {n} objects")
-                report["results"][store][str(n)] = measure_store(store, n, work, args, env)
+                if store == "sqs":
+                    report["results"][store][str(n)] = measure_sqs(n, work, args, env)
+                elif store == "s3" and n > args.s3_max:
+                    report["skipped"] = {
+                        **report.get("skipped", {}),
+                        f"s3 {n}": f"above --s3-max {args.s3_max}: moto's listing sorts the "
+                        "whole bucket for every 1,000-key page",
+                    }
+                else:
+                    report["results"][store][str(n)] = measure_store(store, n, work, args, env)
     finally:
         if not args.keep and args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -15,14 +15,21 @@ from dagster_aws.s3 import S3Resource
 from forecast_assets.approval import model_registry_sensor
 from forecast_assets.assets import ALL_ASSETS, REPORT_ASSETS, customer_overview_sensor
 from forecast_assets.continuation import batch_continuation_sensor
-from forecast_assets.environment import Environment, backfill_batch_size, current_environment
+from forecast_assets.environment import (
+    NEW_FILES_QUEUE_VAR,
+    Environment,
+    backfill_batch_size,
+    current_environment,
+    new_files_queue_url,
+)
 from forecast_assets.jobs import ALL_JOBS
 from forecast_assets.schedules import daily_forecast_schedule, weekly_training_schedule
-from forecast_assets.sensors import raw_files_sensor
+from forecast_assets.sqs_sensor import new_file_sensors
 from resources.database import Database
 from resources.jobs import LocalJobLauncher
 from resources.jobs.sagemaker import SageMakerJobLauncher
 from resources.jobs.settings import JobName, JobSettings, PlatformSettings
+from resources.queue import SqsQueue
 from resources.registry import LocalModelRegistry, SageMakerModelRegistry
 from resources.storage import LocalObjectStore, S3ObjectStore
 
@@ -83,6 +90,8 @@ def resources_for(environment: Environment) -> dict[str, Any]:
         "database": sagemaker_database,
         # The database, and every version as a model package in SageMaker's Model Registry.
         "registry": SageMakerModelRegistry(database=sagemaker_database, region_name=region),
+        # S3's event notifications for landing/ (raw_file_events_sensor, when configured).
+        "new_files_queue": SqsQueue(queue_url=dg.EnvVar(NEW_FILES_QUEUE_VAR), region_name=region),
     }
 
 
@@ -105,7 +114,7 @@ def build_definitions(
         assets=[*assets_with_batches(batch_size or backfill_batch_size()), *REPORT_ASSETS],
         jobs=ALL_JOBS,
         sensors=[
-            raw_files_sensor,
+            *new_file_sensors(environment or current_environment(), new_files_queue_url()),
             model_registry_sensor,
             customer_overview_sensor,
             batch_continuation_sensor,

@@ -36,8 +36,9 @@ timestamp, the objects of one second, and (only while a backlog is being drained
 entry per customer already served, so it stays a few kilobytes at 100,000 objects, where a cursor
 listing every key seen would be megabytes rewritten every minute. The cost that does grow is the
 listing itself: one ListObjectsV2 request per 1,000 objects per tick (S3 keys are not in time
-order, so there is no StartAfter shortcut). At hundreds of thousands of objects, S3 event
-notifications to SQS would be the next step.
+order, so there is no StartAfter shortcut). At hundreds of thousands of objects that is seconds
+of CPU per tick, which is why S3 event notifications to SQS take over on S3 (see "Two sensors,
+one plan" below).
 
 What it assumes: an object's LastModified is set when it is uploaded and later uploads get
 later LastModified values, so no object can appear in a listing with a LastModified the mark has
@@ -81,6 +82,32 @@ triggered it, so evaluating the same tick twice (a daemon restart before the cur
 requests nothing new, while a rewritten file produces a new key. At most ``MAX_RUNS_PER_TICK``
 runs are requested per tick; the rest wait for the next tick, and the cursor moves only over
 files whose runs were requested (in (LastModified, key) order).
+
+Batches
+-------
+With ``FORECAST_BACKFILL_BATCH_SIZE=N`` (``forecast_assets.environment.backfill_batch_size``), a
+tick in which many customers changed requests runs of up to N customers, as a backfill does:
+each step then launches one SageMaker job for the batch. A run covers a range of the partition
+set, which Dagster resolves in the order partitions were added, so only customers already in the
+set are batched, cut into the consecutive stretches of ``forecast_assets.partitions.batch_ranges``
+(a customer between two changed ones that did not change is never swept in). A customer added in
+this very tick gets a run of its own: its partition is added by the same SensorResult, and a
+range naming it would depend on the order in which the daemon applies the two. The bound is on
+runs, not customers: a customer joins the tick if the runs it adds (none when it extends a
+stretch that is not full) keep the tick within ``MAX_RUNS_PER_TICK``. A batch's run key is its
+first and last customer plus a digest of every customer's (key, ETag) pairs; a batch of one
+keeps the per-customer run key above, so batch size 1 requests exactly what it always did.
+
+Two sensors, one plan
+---------------------
+``raw_files_sensor`` finds new files by listing. ``forecast_assets.sqs_sensor`` finds them in S3
+event notifications instead (the ``sagemaker`` environment, with a queue configured), and plans
+with the same functions: ``read_landing`` (customer folders, skipped files), ``settled`` (the
+settle rule), ``plan_tick`` (run bound, consumed files) and ``run_requests_for`` (run keys,
+batches). There the listing sensor stays as a reconciler (``raw_files_reconciler``: the same
+sensor, same name, every ``RECONCILE_INTERVAL_SECONDS``) for whatever the queue lost, looking
+only at files older than ``RECONCILE_LAG_SECONDS``, by when the event path has normally run them
+and their manifests show them consumed.
 """
 
 import hashlib
@@ -94,15 +121,16 @@ import dagster as dg
 
 from forecast_assets import paths, publication
 from forecast_assets.customers import InvalidCustomerIdError, validate_customer_id
+from forecast_assets.environment import backfill_batch_size
 from forecast_assets.jobs import forecast_job
 from forecast_assets.landing import classify
-from forecast_assets.partitions import customers_partitions_def
+from forecast_assets.partitions import batch_ranges, batch_run_request, customers_partitions_def
 from forecast_assets.publication import MANIFESTS
 from resources.storage import ObjectInfo, ObjectStore
 
-# Each run launches SageMaker jobs for one customer: the bound makes a backfill of hundreds of
-# customers drain over several ticks instead of flooding the run queue and the SageMaker quotas
-# in one.
+# Each run launches SageMaker jobs for one customer (or one batch): the bound makes a backfill of
+# hundreds of customers drain over several ticks instead of flooding the run queue and the
+# SageMaker quotas in one.
 MAX_RUNS_PER_TICK = 25
 # Longer than a meter file's upload, with room for clock skew between S3 and the daemon; the
 # price is this much extra latency before a new file's run (see "What it assumes" above).
@@ -114,6 +142,13 @@ MAX_CUSTOMERS_CHECKED_PER_TICK = 100
 CURSOR_VERSION = 1
 # Folders named in warnings per tick; the rest are only counted.
 MAX_LOGGED_FOLDERS = 20
+# The reconciler behind the S3 event path: it lists the whole landing area, so not every minute.
+# Its lag leaves recent files to the event path, whose runs have usually published their
+# manifests by then, so the reconciler finds them consumed instead of running them again.
+RECONCILE_INTERVAL_SECONDS = 3600
+RECONCILE_LAG_SECONDS = 3600
+CHANGED_FILES_TAG = "forecast-assets/changed-files"
+BATCH_CUSTOMERS_TAG = "forecast-assets/batch-customers"
 
 
 def now() -> datetime:
@@ -165,6 +200,19 @@ def run_key(customer: str, files: Iterable[LandingFile]) -> str:
     for key, etag in sorted((f.info.key, f.info.etag) for f in files):
         digest.update(f"{key}\0{etag}\n".encode())
     return f"{customer}:{digest.hexdigest()}"
+
+
+def batch_run_key(customers: Sequence[str], files: Mapping[str, Sequence[LandingFile]]) -> str:
+    """The batch's first and last customer plus a digest of every customer's (key, ETag)
+    pairs; a batch of one has the per-customer :func:`run_key`."""
+    if len(customers) == 1:
+        return run_key(customers[0], files[customers[0]])
+    digest = hashlib.blake2b(digest_size=8)
+    for customer in sorted(customers):
+        digest.update(f"{customer}\n".encode())
+        for key, etag in sorted((f.info.key, f.info.etag) for f in files[customer]):
+            digest.update(f"{key}\0{etag}\n".encode())
+    return f"{customers[0]}..{customers[-1]}:{digest.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -242,7 +290,8 @@ class LandingListing:
 
 
 def read_landing(landing: str, objects: Iterable[ObjectInfo]) -> LandingListing:
-    """Sort a listing of ``landing`` into files, ignored folders and skipped objects."""
+    """Sort objects under ``landing`` (a listing, or the objects of S3 events) into files,
+    ignored folders and skipped objects."""
     files: list[LandingFile] = []
     ignored: dict[str, IgnoredFolder] = {}
     skipped = 0
@@ -278,6 +327,67 @@ def split_landing(
     return listing.files, listing.ignored
 
 
+def settled(files: Iterable[LandingFile], settle_seconds: int | None = None) -> list[LandingFile]:
+    """The files at least ``settle_seconds`` (default ``SETTLE_SECONDS``) old by ``now()``: the
+    rest wait for a later tick (see "What it assumes" above)."""
+    seconds = SETTLE_SECONDS if settle_seconds is None else settle_seconds
+    cutoff = now() - timedelta(seconds=seconds)
+    return [f for f in files if f.info.last_modified <= cutoff]
+
+
+class RunBatches:
+    """How many runs a tick's customers make, as they are chosen one by one.
+
+    Customers in the partition set (``ordered``, in the order they were added) are batched by
+    consecutive stretches of chosen customers, each stretch cut every ``size`` customers, as
+    :func:`forecast_assets.partitions.batch_ranges` cuts them; any other customer (new this
+    tick) is a run of its own. Counting is incremental (a stretch is found by its ends), so a
+    tick over many customers stays linear in them.
+    """
+
+    def __init__(self, ordered: Callable[[], Sequence[str]], size: int):
+        self._ordered = ordered  # read on the first choice: a tick with nothing new reads nothing
+        self._index: dict[str, int] | None = None
+        self.size = size
+        self._start_of: dict[int, int] = {}  # a stretch's last index -> its first
+        self._end_of: dict[int, int] = {}  # a stretch's first index -> its last
+        self.runs = 0
+
+    def _position(self, customer: str) -> int | None:
+        if self._index is None:
+            self._index = {c: i for i, c in enumerate(self._ordered())}
+        return self._index.get(customer)
+
+    def _runs(self, length: int) -> int:
+        return -(-length // self.size)
+
+    def _neighbours(self, i: int) -> tuple[int, int]:
+        start = self._start_of.get(i - 1, i)
+        end = self._end_of.get(i + 1, i)
+        return start, end
+
+    def cost(self, customer: str) -> int:
+        """The runs choosing ``customer`` adds (0 or fewer when it joins stretches)."""
+        i = self._position(customer)
+        if i is None:
+            return 1
+        start, end = self._neighbours(i)
+        left, right = i - start, end - i
+        return self._runs(end - start + 1) - self._runs(left) - self._runs(right)
+
+    def add(self, customer: str) -> None:
+        cost = self.cost(customer)
+        self.runs += cost
+        i = self._position(customer)
+        if i is None:
+            return
+        start, end = self._neighbours(i)
+        self._start_of.pop(i - 1, None)
+        self._end_of.pop(i + 1, None)
+        self._start_of[end] = start
+        self._end_of[start] = end
+
+
 @dataclass(frozen=True)
 class TickPlan:
     runs: dict[str, list[LandingFile]]
@@ -288,6 +398,11 @@ class TickPlan:
     done: list[str] = field(default_factory=list)
     """Customers whose new or changed files a materialization already consumed: no run."""
 
+    @property
+    def served(self) -> set[str]:
+        """Customers this tick decided: run, or found consumed."""
+        return set(self.runs) | set(self.done)
+
 
 def plan_tick(
     files: Sequence[LandingFile],
@@ -295,12 +410,15 @@ def plan_tick(
     max_runs: int = MAX_RUNS_PER_TICK,
     consumed: Callable[[str, list[LandingFile]], bool] | None = None,
     max_checked: int = MAX_CUSTOMERS_CHECKED_PER_TICK,
+    batches: RunBatches | None = None,
 ) -> TickPlan:
     """Which customers to run this tick and the cursor after it.
 
-    A pure function of the listing and the cursor, and of ``consumed`` when given: called with
-    a customer and its new or changed files, at most ``max_checked`` times, it says whether a
-    materialization already consumed exactly those files (the customer is then done, not run).
+    A pure function of the files, the cursor (empty for the event sensor, whose queue is its
+    cursor), and of ``consumed`` when given: called with a customer and its new or changed
+    files, at most ``max_checked`` times, it says whether a materialization already consumed
+    exactly those files (the customer is then done, not run). ``batches`` counts the runs the
+    chosen customers make (without it, one per customer); at most ``max_runs`` are chosen.
     """
     ordered = sorted(files, key=lambda f: f.order)
     pending: dict[str, list[LandingFile]] = {}  # in order of each customer's oldest new file
@@ -310,15 +428,23 @@ def plan_tick(
     runs: dict[str, list[LandingFile]] = {}
     done: list[str] = []
     checked = 0
+    run_count = 0
     for customer, changed in pending.items():
-        if len(runs) >= max_runs or (consumed is not None and checked >= max_checked):
+        if consumed is not None and checked >= max_checked:
             break
+        cost = 1 if batches is None else batches.cost(customer)
+        if run_count + cost > max_runs:
+            # A later customer may still fit (one that extends a batch), so go on looking.
+            continue
         if consumed is not None:
             checked += 1
             if consumed(customer, changed):
                 done.append(customer)
                 continue
         runs[customer] = changed
+        run_count += cost
+        if batches is not None:
+            batches.add(customer)
     served = runs.keys() | set(done)
     waiting = sorted(pending.keys() - served)
 
@@ -352,6 +478,150 @@ def plan_tick(
     return TickPlan(runs, waiting, LandingCursor(mark, at_mark, ahead), done)
 
 
+def run_requests_for(
+    runs: Mapping[str, Sequence[LandingFile]], ordered: Sequence[str], batch_size: int
+) -> tuple[list[dg.RunRequest], list[str]]:
+    """The run requests for a plan's customers, and the customers new to the partition set.
+
+    Customers in ``ordered`` (the partition set, in the order added) go in batches by
+    :func:`batch_ranges`; new ones each get a run of their own (see "Batches" above). Requests
+    follow the plan's order (each batch where its earliest customer is).
+    """
+    known = set(ordered)
+    new_customers = [c for c in runs if c not in known]
+    position = {customer: i for i, customer in enumerate(runs)}
+    ranges = batch_ranges(ordered, [c for c in runs if c in known], batch_size)
+    index = {customer: i for i, customer in enumerate(ordered)} if ranges else {}
+    groups: list[list[str]] = [list(ordered[index[r.start] : index[r.end] + 1]) for r in ranges] + [
+        [customer] for customer in new_customers
+    ]
+    groups.sort(key=lambda group: min(position[c] for c in group))
+    requests = []
+    for group in groups:
+        changed = sum(len(runs[c]) for c in group)
+        tags = {CHANGED_FILES_TAG: str(changed)}
+        if len(group) > 1:
+            tags[BATCH_CUSTOMERS_TAG] = str(len(group))
+        requests.append(
+            batch_run_request(
+                dg.PartitionKeyRange(group[0], group[-1]),
+                run_key=batch_run_key(group, runs),
+                tags=tags,
+            )
+        )
+    return requests, new_customers
+
+
+class PartitionSet:
+    """The customers partition set, read at most once per tick and only when needed."""
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self._instance = instance
+        self._ordered: list[str] | None = None
+        self._known: set[str] = set()
+
+    def ordered(self) -> list[str]:
+        if self._ordered is None:
+            name = customers_partitions_def.name
+            assert name is not None
+            self._ordered = list(self._instance.get_dynamic_partitions(name))
+            self._known = set(self._ordered)
+        return self._ordered
+
+    def __contains__(self, customer: str) -> bool:
+        self.ordered()
+        return customer in self._known
+
+
+@dataclass
+class Decision:
+    """What one tick of either new-file sensor decided (see "Two sensors, one plan")."""
+
+    plan: TickPlan
+    run_requests: list[dg.RunRequest]
+    new_customers: list[str]
+
+    @property
+    def changed_files(self) -> int:
+        return sum(len(changed) for changed in self.plan.runs.values())
+
+    def result(self, cursor: str | None, message: str) -> dg.SensorResult:
+        return dg.SensorResult(
+            run_requests=self.run_requests,
+            cursor=cursor,
+            dynamic_partitions_requests=(
+                [customers_partitions_def.build_add_request(self.new_customers)]
+                if self.new_customers
+                else []
+            ),
+            skip_reason=None if self.run_requests else message,
+        )
+
+
+def decide(
+    context: dg.SensorEvaluationContext,
+    store: ObjectStore,
+    files: Sequence[LandingFile],
+    cursor: LandingCursor,
+) -> Decision:
+    """Plan a tick over settled ``files`` and turn it into run requests: the one planning path
+    of both new-file sensors. Customers in the partition set whose new files their current
+    raw_load manifest holds are done; the rest run, batched by ``backfill_batch_size()``."""
+    partitions = PartitionSet(context.instance)
+
+    def consumed(customer: str, changed: list[LandingFile]) -> bool:
+        if customer not in partitions:
+            return False
+        held = consumed_files(store, customer)
+        return all((f.info.uri, f.info.etag) in held for f in changed)
+
+    size = backfill_batch_size()
+    batches = RunBatches(partitions.ordered, size) if size > 1 else None
+    plan = plan_tick(files, cursor, consumed=consumed, batches=batches)
+    if not plan.runs:
+        return Decision(plan, [], [])
+    requests, new_customers = run_requests_for(plan.runs, partitions.ordered(), size)
+    return Decision(plan, requests, new_customers)
+
+
+def log_ignored(context: dg.SensorEvaluationContext, ignored: Mapping[str, IgnoredFolder]) -> None:
+    for folder, info in list(ignored.items())[:MAX_LOGGED_FOLDERS]:
+        context.log.warning(f"ignoring {info.objects} object(s) under {folder}: {info.reason}")
+    if len(ignored) > MAX_LOGGED_FOLDERS:
+        context.log.warning(f"... and {len(ignored) - MAX_LOGGED_FOLDERS} more invalid folder(s)")
+
+
+def notes(
+    listing: LandingListing, young: int, settle_seconds: int, plan: TickPlan | None = None
+) -> str:
+    """The "; ..." notes of a tick's message: what was left out, and why."""
+    note = _ignored_note(listing.ignored)
+    if listing.skipped:
+        note += (
+            f"; {listing.skipped} object(s) skipped as not meter files (folder markers, hidden "
+            "or temporary files)"
+        )
+    if young:
+        note += f"; {young} file(s) younger than {settle_seconds} s wait for a later tick"
+    if plan is not None and plan.done:
+        note += (
+            f"; {len(plan.done)} customer(s) whose new files their latest raw_load already "
+            f"consumed (same keys and ETags), so not run: {_names(plan.done)}"
+        )
+    if plan is not None and plan.waiting:
+        note += f"; {len(plan.waiting)} customer(s) left for the next tick"
+    return note
+
+
+def requested_note(decision: Decision) -> str:
+    """``requested N run(s) for M customer(s) (names)``, for a tick's log line."""
+    customers = list(decision.plan.runs)
+    return (
+        f"requested {len(decision.run_requests)} run(s) for {len(customers)} customer(s) "
+        f"({_names(customers)}); {len(decision.new_customers)} new customer(s)"
+    )
+
+
 def _ignored_note(ignored: Mapping[str, IgnoredFolder]) -> str:
     if not ignored:
         return ""
@@ -364,93 +634,65 @@ def _names(customers: Sequence[str], limit: int = 10) -> str:
     return shown + (f" and {len(customers) - limit} more" if len(customers) > limit else "")
 
 
-@dg.sensor(
-    job=forecast_job,
-    minimum_interval_seconds=60,
-    description="Runs forecast_job for each customer whose files under landing/ are new or "
-    f"changed (at most {MAX_RUNS_PER_TICK} runs per tick), adding new customers to the "
-    "partition set. Files the customer's latest raw_load already consumed (same key and ETag) "
-    "start no run; the tick's skip reason names those customers.",
+def build_raw_files_sensor(
+    *, minimum_interval_seconds: int, settle_seconds: int | None = None, role: str = ""
+) -> dg.SensorDefinition:
+    """``raw_files_sensor``, ticking every ``minimum_interval_seconds`` and handling files at
+    least ``settle_seconds`` old (default ``SETTLE_SECONDS``, read at each tick)."""
+
+    @dg.sensor(
+        name="raw_files_sensor",
+        job=forecast_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description=f"{role}Runs forecast_job for each customer whose files under landing/ are "
+        f"new or changed (at most {MAX_RUNS_PER_TICK} runs per tick; batches of "
+        "FORECAST_BACKFILL_BATCH_SIZE customers already in the partition set), adding new "
+        "customers to the partition set. Files the customer's latest raw_load already consumed "
+        "(same key and ETag) start no run; the tick's skip reason names those customers.",
+    )
+    def raw_files_sensor(
+        context: dg.SensorEvaluationContext, store: ObjectStore
+    ) -> dg.SensorResult | dg.SkipReason:
+        landing = landing_root(store)
+        # No try/except: an unreachable store or a denied listing must fail the tick, visibly,
+        # not pass for "nothing new".
+        objects = store.list_objects(landing)
+        listing = read_landing(landing, objects)
+        log_ignored(context, listing.ignored)
+        settle = SETTLE_SECONDS if settle_seconds is None else settle_seconds
+        ready = settled(listing.files, settle)
+        decision = decide(context, store, ready, LandingCursor.from_json(context.cursor))
+        plan = decision.plan
+        note = notes(listing, len(listing.files) - len(ready), settle, plan)
+        if not plan.runs:
+            if not plan.done:
+                return dg.SkipReason(
+                    f"no new or changed files under {landing} ({len(objects)} objects "
+                    f"checked{note})"
+                )
+            # Nothing to run, but the cursor moves over the files found consumed, so the next
+            # tick does not look them up again.
+            message = f"nothing new to run under {landing} ({len(objects)} objects checked{note})"
+            context.log.info(message)
+            return decision.result(plan.cursor.to_json(), message)
+        context.log.info(
+            f"{len(objects)} objects checked under {landing}: {decision.changed_files} new or "
+            f"changed file(s); {requested_note(decision)}{note}"
+        )
+        return decision.result(plan.cursor.to_json(), "")
+
+    return raw_files_sensor
+
+
+raw_files_sensor = build_raw_files_sensor(minimum_interval_seconds=60)
+"""Every minute: the new-file path of the local store, and of S3 without an event queue."""
+
+raw_files_reconciler = build_raw_files_sensor(
+    minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
+    settle_seconds=RECONCILE_LAG_SECONDS,
+    role="Reconciler behind raw_file_events_sensor: lists landing/ every "
+    f"{RECONCILE_INTERVAL_SECONDS // 60} minutes for files older than "
+    f"{RECONCILE_LAG_SECONDS // 60} minutes that the event queue did not deliver. ",
 )
-def raw_files_sensor(
-    context: dg.SensorEvaluationContext, store: ObjectStore
-) -> dg.SensorResult | dg.SkipReason:
-    landing = landing_root(store)
-    # No try/except: an unreachable store or a denied listing must fail the tick, visibly,
-    # not pass for "nothing new".
-    objects = store.list_objects(landing)
-    listing = read_landing(landing, objects)
-    files, ignored = listing.files, listing.ignored
-    for folder, info in list(ignored.items())[:MAX_LOGGED_FOLDERS]:
-        context.log.warning(f"ignoring {info.objects} object(s) under {folder}: {info.reason}")
-    if len(ignored) > MAX_LOGGED_FOLDERS:
-        context.log.warning(f"... and {len(ignored) - MAX_LOGGED_FOLDERS} more invalid folder(s)")
-
-    cutoff = now() - timedelta(seconds=SETTLE_SECONDS)
-    settled = [f for f in files if f.info.last_modified <= cutoff]
-    name = customers_partitions_def.name
-    assert name is not None
-    known: set[str] | None = None
-
-    def consumed(customer: str, changed: list[LandingFile]) -> bool:
-        nonlocal known
-        if known is None:  # read once, and only on a tick with something new
-            known = set(context.instance.get_dynamic_partitions(name))
-        if customer not in known:
-            return False
-        held = consumed_files(store, customer)
-        return all((f.info.uri, f.info.etag) in held for f in changed)
-
-    plan = plan_tick(settled, LandingCursor.from_json(context.cursor), consumed=consumed)
-    note = _ignored_note(ignored)
-    if listing.skipped:
-        note += (
-            f"; {listing.skipped} object(s) skipped as not meter files (folder markers, hidden "
-            "or temporary files)"
-        )
-    if len(settled) < len(files):
-        note += (
-            f"; {len(files) - len(settled)} file(s) younger than {SETTLE_SECONDS} s wait for a "
-            "later tick"
-        )
-    if plan.done:
-        note += (
-            f"; {len(plan.done)} customer(s) whose new files their latest raw_load already "
-            f"consumed (same keys and ETags), so not run: {_names(plan.done)}"
-        )
-    if plan.waiting:
-        note += f"; {len(plan.waiting)} customer(s) left for the next tick"
-    if not plan.runs:
-        if not plan.done:
-            return dg.SkipReason(
-                f"no new or changed files under {landing} ({len(objects)} objects checked{note})"
-            )
-        # Nothing to run, but the cursor moves over the files found consumed, so the next tick
-        # does not look them up again.
-        message = f"nothing new to run under {landing} ({len(objects)} objects checked{note})"
-        context.log.info(message)
-        return dg.SensorResult(skip_reason=message, cursor=plan.cursor.to_json())
-
-    known = known if known is not None else set(context.instance.get_dynamic_partitions(name))
-    new_customers = [c for c in plan.runs if c not in known]
-    run_requests = [
-        dg.RunRequest(
-            run_key=run_key(customer, changed),
-            partition_key=customer,
-            tags={"forecast-assets/changed-files": str(len(changed))},
-        )
-        for customer, changed in plan.runs.items()
-    ]
-    changed_files = sum(len(changed) for changed in plan.runs.values())
-    context.log.info(
-        f"{len(objects)} objects checked under {landing}: {changed_files} new or changed file(s); "
-        f"requested {len(run_requests)} run(s) ({_names(list(plan.runs))}); "
-        f"{len(new_customers)} new customer(s){note}"
-    )
-    return dg.SensorResult(
-        run_requests=run_requests,
-        cursor=plan.cursor.to_json(),
-        dynamic_partitions_requests=(
-            [customers_partitions_def.build_add_request(new_customers)] if new_customers else []
-        ),
-    )
+"""The same sensor (same name, so its cursor and on/off state carry over) beside the S3 event
+sensor: hourly, and only for files an hour old (see the module docstring)."""

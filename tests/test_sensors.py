@@ -14,10 +14,13 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -680,3 +683,178 @@ def test_cursor_is_independent_of_the_number_of_objects():
     assert cursor.mark == files[-1].info.last_modified
     assert len(cursor.at_mark) == 10
     assert len(cursor.to_json()) < 400
+
+
+# Batches ------------------------------------------------------------------------------------------
+
+
+def test_run_batches_count_the_runs_batch_ranges_makes():
+    """RunBatches' incremental count, customer by customer, against batch_ranges on the same
+    choice, for random partition sets, choices and batch sizes."""
+    import random
+
+    from forecast_assets.partitions import batch_ranges
+
+    rng = random.Random(12)
+    for _ in range(300):
+        ordered = customers(rng.randint(1, 40))
+        size = rng.randint(1, 6)
+        batches = sensors.RunBatches(lambda ordered=ordered: ordered, size)
+        chosen: list[str] = []
+        candidates = [*ordered, "new-1", "new-2"]
+        rng.shuffle(candidates)
+        for customer in candidates[: rng.randint(1, len(candidates))]:
+            expected_cost = batches.cost(customer)
+            batches.add(customer)
+            chosen.append(customer)
+            known = [c for c in chosen if c in ordered]
+            expected = len(batch_ranges(ordered, known, size)) + len(chosen) - len(known)
+            assert batches.runs == expected, (ordered, size, chosen)
+            assert expected_cost <= 1
+
+
+def test_batches_fill_the_run_bound_with_consecutive_customers():
+    """plan_tick with batches: 60 known customers changed, batch size 10, 4 runs allowed: 40
+    customers in 4 runs; the rest wait, and the cursor stops at the first of them."""
+    from resources.storage import ObjectInfo
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    ordered = customers(60)
+    files = [
+        sensors.LandingFile(
+            c,
+            ObjectInfo(f"s3://b/landing/{c}/a.csv", f"landing/{c}/a.csv", 1, f'"{i}"', start),
+        )
+        for i, c in enumerate(ordered)
+    ]
+    plan = sensors.plan_tick(
+        files, sensors.LandingCursor(), max_runs=4, batches=sensors.RunBatches(lambda: ordered, 10)
+    )
+    assert list(plan.runs) == ordered[:40]
+    assert plan.waiting == ordered[40:]
+    requests, new = sensors.run_requests_for(plan.runs, ordered, 10)
+    assert new == []
+    assert [
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+        for r in requests
+    ] == [(ordered[i], ordered[i + 9]) for i in range(0, 40, 10)]
+    assert all(r.tags[sensors.BATCH_CUSTOMERS_TAG] == "10" for r in requests)
+    # A batch's key names its ends and digests every customer's pairs: idempotent, and new
+    # content (a new ETag) for any one customer makes a new key.
+    again, _ = sensors.run_requests_for(plan.runs, ordered, 10)
+    assert [r.run_key for r in again] == [r.run_key for r in requests]
+    changed = dict(plan.runs)
+    old = changed[ordered[5]][0]
+    changed[ordered[5]] = [
+        sensors.LandingFile(old.customer, ObjectInfo(old.info.uri, old.info.key, 1, '"x"', start))
+    ]
+    rekeyed, _ = sensors.run_requests_for(changed, ordered, 10)
+    assert rekeyed[0].run_key != requests[0].run_key
+    assert [r.run_key for r in rekeyed[1:]] == [r.run_key for r in requests[1:]]
+
+
+def test_a_sensor_tick_launches_range_runs_that_materialize_exactly_their_batch(
+    tmp_path: Path, data_home: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The sensor daemon's own code: raw_files_sensor with FORECAST_BACKFILL_BATCH_SIZE=3 over
+    four changed customers of the partition set, with one unchanged customer between them, and
+    one customer new this tick. Two range runs and one single run are created; executing a range
+    run's tags materializes raw_load for exactly its customers."""
+    from dagster._core.storage.dagster_run import RunsFilter
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+    from dagster._daemon.sensor import execute_sensor_iteration
+
+    from forecast_assets.assets.raw import raw_load
+    from tests.test_automation_ticks import instigator, stored_ticks
+
+    monkeypatch.setenv("FORECAST_BACKFILL_BATCH_SIZE", "3")
+    store = LocalObjectStore()
+    changed = ["hansa-offices", "polar-cold-storage", "lindenschule", "rhein-metallbau"]
+    land_demo(store, [*changed, "nordmarkt-retail"], days=10)
+    with _workspace_context(tmp_path) as workspace:
+        instance = workspace.instance
+        # Partition order: a quiet customer (no files) between the two stretches.
+        instance.add_dynamic_partitions(
+            PARTITIONS, ["hansa-offices", "polar-cold-storage", "quiet", *changed[2:]]
+        )
+        remote = instigator(workspace, "raw_files_sensor")
+        instance.start_sensor(remote)
+        list(
+            execute_sensor_iteration(
+                workspace,
+                logging.getLogger("test-sensor"),
+                threadpool_executor=None,
+                submit_threadpool_executor=None,
+            )
+        )
+        (tick,) = stored_ticks(instance, remote)
+        runs = [instance.get_run_by_id(run_id) for run_id in tick.run_ids]
+        assert all(runs)
+        ranges = sorted(
+            (r.tags[ASSET_PARTITION_RANGE_START_TAG], r.tags[ASSET_PARTITION_RANGE_END_TAG])
+            for r in runs
+            if r and ASSET_PARTITION_RANGE_START_TAG in r.tags
+        )
+        assert ranges == [
+            ("hansa-offices", "polar-cold-storage"),
+            ("lindenschule", "rhein-metallbau"),
+        ]
+        singles = [
+            r.tags.get("dagster/partition") for r in runs if r and "dagster/partition" in r.tags
+        ]
+        assert singles == ["nordmarkt-retail"]  # new this tick: a run of its own
+        assert instance.get_dynamic_partitions(PARTITIONS)[-1] == "nordmarkt-retail"
+        assert len(instance.get_runs(RunsFilter(job_name="forecast_job"))) == 3
+
+        batch = next(
+            r for r in runs if r and r.tags.get(ASSET_PARTITION_RANGE_START_TAG) == "hansa-offices"
+        )
+        assert batch.tags[sensors.BATCH_CUSTOMERS_TAG] == "2"
+        range_tags = {
+            k: v
+            for k, v in batch.tags.items()
+            if k in (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
+        }
+        result = dg.materialize(
+            [raw_load], instance=instance, tags=range_tags, resources={"store": store}
+        )
+        assert result.success
+        materialized = {
+            e.materialization.partition for e in result.get_asset_materialization_events()
+        }
+        assert materialized == {"hansa-offices", "polar-cold-storage"}  # not "quiet"
+
+
+@contextmanager
+def _workspace_context(tmp_path: Path) -> Iterator[Any]:
+    """The code location of workspace.yaml in this process, on an instance whose runs wait in
+    the queue (as tests.test_automation_ticks' fixtures; here after the test set its env)."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+    home = tmp_path / "dagster_home_ws"
+    home.mkdir()
+    overrides = {
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+        }
+    }
+    origin = InProcessCodeLocationOrigin(
+        loadable_target_origin=LoadableTargetOrigin(
+            module_name="forecast_assets.definitions",
+            attribute="defs",
+            working_directory=str(Path(__file__).resolve().parents[1]),
+        ),
+        location_name="forecast_assets",
+    )
+    with (
+        dg.instance_for_test(temp_dir=str(home), overrides=overrides) as instance,
+        create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as ws,
+    ):
+        yield ws
