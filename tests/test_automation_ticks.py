@@ -111,6 +111,21 @@ def run_schedule_tick(workspace: WorkspaceProcessContext, name: str, at: datetim
     return remote
 
 
+def run_sensor_tick(workspace: WorkspaceProcessContext, name: str):
+    """Turn the sensor on and let the sensor daemon evaluate it once; returns the sensor."""
+    remote = instigator(workspace, name)
+    workspace.instance.start_sensor(remote)
+    list(
+        execute_sensor_iteration(
+            workspace,
+            logging.getLogger("test-sensor"),
+            threadpool_executor=None,
+            submit_threadpool_executor=None,
+        )
+    )
+    return remote
+
+
 MONDAY_6AM = datetime(2025, 11, 10, 6, 0, tzinfo=UTC)
 
 
@@ -173,20 +188,11 @@ def test_sensor_skip_for_consumed_files_is_stored_on_its_tick(
     instance = workspace.instance
     land(store, ["hansa-offices"], days=10)
     materialize_raw_load(instance, store, ["hansa-offices"])
-    remote = instigator(workspace, "raw_files_sensor")
     # The settle time has passed for every file (the code location runs in this process).
     monkeypatch.setattr(
         sensors, "now", lambda: datetime.now(UTC) + timedelta(seconds=sensors.SETTLE_SECONDS + 1)
     )
-    instance.start_sensor(remote)
-    list(
-        execute_sensor_iteration(
-            workspace,
-            logging.getLogger("test-sensor"),
-            threadpool_executor=None,
-            submit_threadpool_executor=None,
-        )
-    )
+    remote = run_sensor_tick(workspace, "raw_files_sensor")
 
     (tick,) = stored_ticks(instance, remote)
     assert tick.status == TickStatus.SKIPPED

@@ -765,10 +765,9 @@ def test_a_sensor_tick_launches_range_runs_that_materialize_exactly_their_batch(
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
     )
-    from dagster._daemon.sensor import execute_sensor_iteration
 
     from forecast_assets.assets.raw import raw_load
-    from tests.test_automation_ticks import instigator, stored_ticks
+    from tests.test_automation_ticks import run_sensor_tick, stored_ticks
 
     monkeypatch.setenv("FORECAST_BACKFILL_BATCH_SIZE", "3")
     store = LocalObjectStore()
@@ -780,16 +779,7 @@ def test_a_sensor_tick_launches_range_runs_that_materialize_exactly_their_batch(
         instance.add_dynamic_partitions(
             PARTITIONS, ["hansa-offices", "polar-cold-storage", "quiet", *changed[2:]]
         )
-        remote = instigator(workspace, "raw_files_sensor")
-        instance.start_sensor(remote)
-        list(
-            execute_sensor_iteration(
-                workspace,
-                logging.getLogger("test-sensor"),
-                threadpool_executor=None,
-                submit_threadpool_executor=None,
-            )
-        )
+        remote = run_sensor_tick(workspace, "raw_files_sensor")
         (tick,) = stored_ticks(instance, remote)
         runs = [instance.get_run_by_id(run_id) for run_id in tick.run_ids]
         assert all(runs)

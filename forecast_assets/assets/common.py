@@ -14,6 +14,7 @@ from forecast_assets import paths, publication
 from forecast_assets.customers import InvalidCustomerIdError, validate_customer_id
 from forecast_assets.publication import Publication
 from resources.jobs.base import CompletedJob
+from resources.jobs.requests import JobInput
 from resources.storage import ObjectStore, join_uri
 
 GROUP = "forecasting"
@@ -208,6 +209,21 @@ def stage_per_customer(store: ObjectStore, job: str, name: str, sources: dict[st
     for customer, uri in sources.items():
         store.copy_object(uri, join_uri(prefix, customer, uri.rsplit("/", 1)[-1]))
     return prefix + "/"
+
+
+def stage_weather(
+    store: ObjectStore, job: str, tables: Mapping[str, Publication], customers: list[str]
+) -> list[JobInput]:
+    """A batch job's ``weather`` input: the preprocessed weather of each customer that has
+    some, in a folder per customer; no input when none of them has weather."""
+    sources = {
+        c: tables[c].uri(paths.WEATHER_FILE)
+        for c in customers
+        if paths.WEATHER_FILE in tables[c].files
+    }
+    if not sources:
+        return []
+    return [JobInput("weather", stage_per_customer(store, job, "weather", sources))]
 
 
 def job_reports(job: CompletedJob, customers: list[str]) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from forecast_assets.assets.common import (
     reused_publications,
     stage_batch_file,
     stage_per_customer,
+    stage_weather,
 )
 from forecast_assets.assets.model import load_forecast_model
 from forecast_assets.assets.preprocessed import preprocessed_load
@@ -236,15 +237,7 @@ def load_forecast(
         job_inputs.append(
             JobInput("history", stage_per_customer(store, name, "history", history_uris))
         )
-        weather_uris = {
-            c: tables[c].uri(paths.WEATHER_FILE)
-            for c in to_run
-            if paths.WEATHER_FILE in tables[c].files
-        }
-        if weather_uris:
-            job_inputs.append(
-                JobInput("weather", stage_per_customer(store, name, "weather", weather_uris))
-            )
+        job_inputs += stage_weather(store, name, tables, to_run)
         staged = {c: join_uri(staging, c) for c in to_run}
     request = processing_job_request(
         name=name,

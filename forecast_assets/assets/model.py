@@ -26,6 +26,7 @@ from forecast_assets.assets.common import (
     job_tags,
     stage_batch_file,
     stage_per_customer,
+    stage_weather,
     table_metadata,
 )
 from forecast_assets.assets.preprocessed import preprocessed_load
@@ -274,15 +275,7 @@ def load_forecast_model(
             JobInput("train", stage_per_customer(store, name, "train", sources)),
             JobInput("batch", stage_batch_file(store, name, [{"customer_id": c} for c in to_run])),
         ]
-        weather = {
-            c: tables[c].uri(paths.WEATHER_FILE)
-            for c in to_run
-            if paths.WEATHER_FILE in tables[c].files
-        }
-        if weather:
-            channels.append(
-                JobInput("weather", stage_per_customer(store, name, "weather", weather))
-            )
+        channels += stage_weather(store, name, tables, to_run)
         # The batch's archives stay with the job; each customer's model is split out below.
         output_uri = store.uri("jobs")
         checkpoint_uri = store.uri("checkpoints", "batches", name)
