@@ -428,3 +428,37 @@ def test_weather_goes_from_landing_to_the_forecast(instance, local_resources, st
     assert forecast["weather_input"].text.startswith("none for horizon: 48 of 48 h")
     stored = Database().latest_forecast(WEATHER_CUSTOMER)
     assert set(stored["weather_input"]) == {"none_for_horizon"}
+
+
+@pytest.mark.slow
+def test_a_batch_stages_weather_only_for_the_customer_that_has_it(instance, store):
+    """A batch of two, one with weather: one job per step; the weather customer's model uses
+    it, the other's does not, and each forecast says so."""
+    from forecast_assets.definitions import build_definitions
+    from tests.conftest import land
+
+    other = "hansa-offices"
+    land_synthetic(store, WEATHER_CUSTOMER, None)
+    land(store, [other], days=75)
+    instance.add_dynamic_partitions("customers", [WEATHER_CUSTOMER, other])
+    config = {k: v for k, v in HPS.items() if k != "timezone"}
+    job = build_definitions("local", batch_size=2).resolve_job_def("forecast_job")
+    result = job.execute_in_process(
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": WEATHER_CUSTOMER,
+            "dagster/asset_partition_range_end": other,
+        },
+        run_config={"ops": {"models__load_forecast_model": {"config": config}}},
+        raise_on_error=False,
+    )
+    assert result.success, step_errors(result)
+    models = {
+        m.partition: m.metadata
+        for m in result.asset_materializations_for_node("models__load_forecast_model")
+    }
+    assert models[WEATHER_CUSTOMER]["weather_features"].value is True
+    assert models[other]["weather_features"].value is False
+    database = Database()
+    assert set(database.latest_forecast(WEATHER_CUSTOMER)["weather_input"]) == {"none_for_horizon"}
+    assert set(database.latest_forecast(other)["weather_input"]) == {"not_used"}

@@ -370,7 +370,9 @@ def stage_batch_inputs(
     for published in manifests.values():
         manifest = read_json(store, published.uri(paths.RAW_MANIFEST))
         prefix = manifest["landing_prefix"][len(root) :]
-        entries += [f"{prefix}{f['relative_path']}" for f in manifest["files"]]
+        # The weather files too, as the one-customer ManifestFile lists them (raw_load).
+        files = [*manifest["files"], *manifest.get("weather_files", [])]
+        entries += [f"{prefix}{f['relative_path']}" for f in files]
     raw_manifest = join_uri(paths.job_input(store, job, "raw"), "raw.manifest")
     store.write_bytes(raw_manifest, json.dumps([{"prefix": root}, *entries]).encode())
     sources = {c: p.uri(paths.RAW_MANIFEST) for c, p in manifests.items()}
