@@ -180,3 +180,26 @@ def test_a_batch_of_five_with_a_bad_file_and_a_failing_fit_forecasts_the_other_t
     assert rows[short].status == "failed"
     assert "models/load_forecast_model failed" in rows[short].why
     assert not any("failed" in rows[c].why for c in (first, third, fifth))
+
+
+@pytest.mark.slow
+def test_a_one_customer_run_whose_job_fails_records_the_reason_on_its_partition(
+    instance, data_home, store
+):
+    """Not only batches: a one-customer job that fails (here its fit) leaves the job's reason on
+    the customer's partition too, where the overview reads it."""
+    short = DEMO_CUSTOMERS[0].customer_id
+    land(store, [short], days=30)
+    instance.add_dynamic_partitions("customers", [short])
+    job = build_definitions("local").resolve_job_def("forecast_job")
+    result = job.execute_in_process(
+        instance=instance, partition_key=short, run_config=FAST_TRAINING, raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "models__load_forecast_model"
+    # The run shows the job's own error, as before.
+    assert "training job" in failure.step_failure_data.error.message
+    assert "days of load data" in _failed_reason(instance, MODEL, short)
+    row = customer_status(short, store, Database(), instance, OverviewConfig(), datetime.now(UTC))
+    assert row.status == "failed" and "models/load_forecast_model failed" in row.why

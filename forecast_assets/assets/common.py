@@ -27,6 +27,8 @@ TRAINING_POOL = "sagemaker-training"
 
 # The metadata key of the observation that records why a customer's step failed.
 FAILED_REASON = "failed_reason"
+# A failed_reason is metadata on a partition, not the job's whole log.
+MAX_REASON_CHARS = 2000
 
 StepEvent = (
     dg.MaterializeResult
@@ -259,6 +261,7 @@ def finish_step(
     shared: dict[str, Any],
     check_results: dict[str, list[dg.AssetCheckResult]],
     failed: dict[str, str],
+    cause: dg.Failure | None = None,
     **kwargs: Any,
 ) -> Iterator[StepEvent]:
     """How every step ends: its customers' materializations and check results, and a failure
@@ -274,7 +277,9 @@ def finish_step(
     naming every failed customer. Dagster then shows the published partitions Materialized and
     the failed ones Failed; the steps after this one skip in this run, and
     ``batch_continuation_sensor`` (``forecast_assets.continuation``) runs them next for the
-    customers that got through.
+    customers that got through. ``cause``, when the step's job failed as a whole, is raised
+    instead of the step's own summary, so the job's error (name, reason, log) stays what the run
+    shows.
     """
     if not failed:
         yield from materialize_with_checks(context, per_customer, shared, check_results, **kwargs)
@@ -297,7 +302,14 @@ def finish_step(
             partition=customer,
             metadata={FAILED_REASON: reason, "run_id": context.run_id},
         )
-    raise customers_failure(context.asset_key, failed, sorted(per_customer))
+    raise cause or customers_failure(context.asset_key, failed, sorted(per_customer))
+
+
+def job_failed(failure: dg.Failure, customers: list[str]) -> dict[str, str]:
+    """Each customer of a job that failed as a whole (a one-customer job, or a batch job whose
+    every customer failed), with the job's reason, for :func:`finish_step`."""
+    reason = (failure.description or "the job failed")[:MAX_REASON_CHARS]
+    return dict.fromkeys(customers, reason)
 
 
 def customers_failure(

@@ -17,6 +17,7 @@ from forecast_assets.assets.common import (
     blocked_customers,
     customer_ids,
     finish_step,
+    job_failed,
     job_label,
     job_reports,
     job_tags,
@@ -264,9 +265,16 @@ def load_forecast(
         tags=job_tags(context, to_run),
         platform=launcher.platform,
     )
-    job = launcher.run_processing_job(
-        context=context, request=request, extras={"customer_ids": to_run}
-    )
+    try:
+        job = launcher.run_processing_job(
+            context=context, request=request, extras={"customer_ids": to_run}
+        )
+    except dg.Failure as failure:
+        # The job failed as a whole: its customers fail with its reason, on their partitions.
+        failed = {**job_failed(failure, to_run), **blocked_customers(checks, BLOCKING_CHECKS)}
+        per_customer = {c: m for c, m in per_customer.items() if c not in failed}
+        yield from finish_step(context, per_customer, {}, checks, failed, cause=failure)
+        return
 
     # Checked where the job left it, against the customer's own history, before publishing.
     reports = job_reports(job, to_run)

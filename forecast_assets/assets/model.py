@@ -21,6 +21,7 @@ from forecast_assets.assets.common import (
     StepEvent,
     customer_ids,
     finish_step,
+    job_failed,
     job_label,
     job_reports,
     job_tags,
@@ -292,9 +293,15 @@ def load_forecast_model(
         platform=launcher.platform,
         checkpoint_uri=checkpoint_uri,
     )
-    job = launcher.run_training_job(
-        context=context, request=request, extras={"customer_ids": to_run}
-    )
+    try:
+        job = launcher.run_training_job(
+            context=context, request=request, extras={"customer_ids": to_run}
+        )
+    except dg.Failure as failure:
+        # The job failed as a whole: its customers fail with its reason, on their partitions.
+        failed = job_failed(failure, to_run)
+        yield from finish_step(context, per_customer, {}, checks, failed, cause=failure)
+        return
 
     # Where this job put them: a relaunched attempt may carry another name than the request.
     archive_uri = job.output_uris.get("model") or model_artifact_uri(request)
