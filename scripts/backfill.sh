@@ -14,7 +14,8 @@ if "$VENV/bin/dagster-daemon" liveness-check >/dev/null 2>&1; then
 fi
 log="$DAGSTER_HOME/backfill-daemon.log"
 echo "starting a Dagster daemon for this backfill (log: $log)"
-"$VENV/bin/dagster-daemon" run -w workspace.yaml >"$log" 2>&1 &
+# The daemon with a standing code server (scripts/daemon.sh says why).
+bash scripts/daemon.sh >"$log" 2>&1 &
 daemon=$!
 trap 'kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true' EXIT
 "$VENV/bin/forecast-backfill" --wait "${args[@]}"
