@@ -1,6 +1,7 @@
 """reports/customer_overview: every customer on one page, what needs attention first."""
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
 
@@ -148,53 +150,84 @@ def _short_time(when: Any) -> str:
     return f"{ts:%Y-%m-%d %H:%M} UTC"
 
 
-def batch_failures(instance: dg.DagsterInstance, customer: str) -> list[tuple[str, str]]:
-    """The steps whose latest outcome for ``customer`` is a failure inside a batch: the step's
+CheckResult = tuple[str, str, dg.AssetCheckSeverity]
+"""A check whose latest evaluation did not pass: name, description, severity."""
+COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What the Dagster instance says about the customers, read once per overview in a few
+    queries per asset and per check rather than per customer (at 10,000 customers, about twenty
+    queries each would take tens of minutes: benchmarks/README.md, "The customer overview at
+    scale"). Only the customers with something to report cost a query of their own."""
+
+    failed_checks: Mapping[str, list[CheckResult]]
+    batch_failures: Mapping[str, list[tuple[str, str]]]
+
+    @classmethod
+    def load(cls, instance: dg.DagsterInstance, customers: Iterable[str]) -> "InstanceFacts":
+        wanted = set(customers)
+        return cls(
+            failed_checks=failed_checks(instance, wanted),
+            batch_failures=batch_failures(instance, wanted),
+        )
+
+
+def batch_failures(
+    instance: dg.DagsterInstance, customers: set[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """Per customer, the steps whose latest outcome is a failure inside a batch: the step's
     asset and the recorded reason (an observation newer than its latest materialization)."""
-    found = []
+    found: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for assets_def in STEPS:
         key = assets_def.key
-        partition = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[customer])
-        observed = instance.fetch_observations(partition, limit=1).records
-        if not observed or observed[0].asset_observation is None:
+        observed = instance.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_OBSERVATION
+        )
+        if not observed:
             continue
-        reason = observed[0].asset_observation.metadata.get(FAILED_REASON)
-        if reason is None:
-            continue
-        materialized = instance.fetch_materializations(partition, limit=1).records
-        if materialized and materialized[0].storage_id > observed[0].storage_id:
-            continue  # materialized again since
-        found.append((key.to_user_string(), str(reason.value)))
+        materialized = instance.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_MATERIALIZATION
+        )
+        for customer, observation_id in observed.items():
+            if customer not in customers or materialized.get(customer, -1) > observation_id:
+                continue  # materialized again since
+            partition = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[customer])
+            records = instance.fetch_observations(partition, limit=1).records
+            observation = records[0].asset_observation if records else None
+            reason = observation.metadata.get(FAILED_REASON) if observation else None
+            if reason is not None:
+                found[customer].append((key.to_user_string(), str(reason.value)))
     return found
 
 
-def latest_check_results(
-    instance: dg.DagsterInstance, customer: str
-) -> list[tuple[str, bool, str, dg.AssetCheckSeverity]]:
-    """The customer's latest evaluation of every partitioned check: name, passed, description,
-    severity."""
-    found = []
-    for assets_def in CHECKED_ASSETS:
-        for spec in assets_def.check_specs:
-            records = instance.event_log_storage.get_asset_check_execution_history(
-                spec.key,
-                limit=1,
-                status={
-                    AssetCheckExecutionRecordStatus.SUCCEEDED,
-                    AssetCheckExecutionRecordStatus.FAILED,
-                },
-                partition_filter=PartitionKeyFilter(key=customer),
+def failed_checks(
+    instance: dg.DagsterInstance, customers: set[str]
+) -> dict[str, list[CheckResult]]:
+    """Per customer, every partitioned check whose latest completed evaluation did not pass."""
+    keys = [spec.key for assets_def in CHECKED_ASSETS for spec in assets_def.check_specs]
+    storage = instance.event_log_storage
+    found: dict[str, list[CheckResult]] = defaultdict(list)
+    for info in storage.get_asset_check_partition_info(keys):
+        customer = info.partition_key
+        if customer not in customers:
+            continue
+        if info.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED:
+            continue
+        # Failed, or a later execution still planned or skipped: the latest completed one
+        # decides, as it does for a customer the check has just started on.
+        records = storage.get_asset_check_execution_history(
+            info.check_key,
+            limit=1,
+            status=COMPLETED,
+            partition_filter=PartitionKeyFilter(key=customer),
+        )
+        evaluation = records[0].evaluation if records else None
+        if evaluation is not None and not evaluation.passed:
+            found[customer].append(
+                (info.check_key.name, evaluation.description or "", evaluation.severity)
             )
-            evaluation = records[0].evaluation if records else None
-            if evaluation is not None:
-                found.append(
-                    (
-                        spec.name,
-                        evaluation.passed,
-                        evaluation.description or "",
-                        evaluation.severity,
-                    )
-                )
     return found
 
 
@@ -218,6 +251,7 @@ def customer_status(
     store: ObjectStore,
     database: Database,
     instance: dg.DagsterInstance,
+    facts: InstanceFacts,
     config: OverviewConfig,
     now: datetime,
 ) -> CustomerStatus:
@@ -262,14 +296,13 @@ def customer_status(
         elif row.forecast_source == "previous_approved":
             row.add("warning", f"forecast by the previous approved model {row.forecast_model}")
 
-    for name, passed, description, severity in latest_check_results(instance, customer):
-        if not passed:
-            status = "warning" if severity == dg.AssetCheckSeverity.WARN else "failed"
-            if name == "quality_gate" and row.problems["rejected"]:
-                continue  # already said, with its reason
-            row.add(status, f"{name}: {description}" if description else f"{name} failed")
+    for name, description, severity in facts.failed_checks.get(customer, []):
+        status = "warning" if severity == dg.AssetCheckSeverity.WARN else "failed"
+        if name == "quality_gate" and row.problems["rejected"]:
+            continue  # already said, with its reason
+        row.add(status, f"{name}: {description}" if description else f"{name} failed")
 
-    for asset, reason in batch_failures(instance, customer):
+    for asset, reason in facts.batch_failures.get(customer, []):
         row.add("failed", f"{asset} failed: {reason}")
 
     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": customer}), limit=1)
@@ -336,8 +369,12 @@ def customer_overview(
     """
     now = datetime.now(UTC)
     customers = context.instance.get_dynamic_partitions(customers_partitions_def.name)
+    facts = InstanceFacts.load(context.instance, customers)
     rows = sort_rows(
-        [customer_status(c, store, database, context.instance, config, now) for c in customers]
+        [
+            customer_status(c, store, database, context.instance, facts, config, now)
+            for c in customers
+        ]
     )
     attention = [r.customer for r in rows if r.status != "ok"]
     if attention:
