@@ -1,7 +1,9 @@
 """Backfill many customers through the Dagster daemon, against the job scripts in a plain loop.
 
 ``python -m benchmarks.backfill [--customers 100] [--days 75] [--batch-sizes 1 10]
-[--customers-at 1=40] [--failing 2] [--direct-customers N] [--out PATH]``
+[--customers-at 1=40] [--failing 2] [--direct-customers N] [--out PATH]``;
+``python -m benchmarks.backfill --only plan --plan-customers 10000 --plan-variants
+postgres:50 postgres:10:480 sqlite:50:480`` for the run plan alone
 
 1. **backfill**: a local backfill of ``--customers`` demo-style customers (``cust-001`` ...,
    cycling the five demo profiles, vendors and meter counts; ``--days`` of 15-minute data each,
@@ -29,10 +31,19 @@
    same 5 profiles).
 3. **plan**: ``--plan-customers`` partitions (no data) on an instance whose run queue admits no
    run (``max_concurrent_runs: 0``), a backfill of ``forecast_job`` submitted to a live daemon,
-   and the runs it queues counted once their number stops growing, for each of
-   ``--plan-batch-sizes``. Jobs launched = runs x 3; SageMaker start-up cost is then modelled
-   with assumed per-job start-up times (``--startup-seconds``) and a pool limit
-   (``--pool-limit``).
+   and the runs it queues counted until the daemon has created every run of its own plan (the
+   run requests it stores in the backfill before creating any), for each of
+   ``--plan-batch-sizes`` on SQLite (the repo's instance/dagster.yaml), or each of
+   ``--plan-variants STORAGE:SIZE[:SECONDS]``, where STORAGE ``postgres`` is
+   deploy/dagster.yaml's storage on a new database of ``--postgres-url`` or of a throwaway
+   server (``benchmarks/partitions.py``). ``--plan-time-limit`` (or a variant's SECONDS) stops
+   the count early: a PARTIAL measurement, the rest only extrapolated, labelled as such.
+   Recorded: submit, the daemon's iteration start (its log), first and last run created, runs
+   per second and per minute, CPU of the daemon's process tree and of the PostgreSQL server's,
+   the database's connections and transactions, the load average. Jobs launched = runs x 3;
+   SageMaker start-up cost is then modelled with assumed per-job start-up times
+   (``--startup-seconds``) and a pool limit (``--pool-limit``), and the create calls at an
+   assumed ``--creates-per-second`` (1) per account and region.
 
 CPU: ``/proc/stat`` every second (system-wide: includes anything else running on the machine)
 and, every quarter second, the CPU time of this benchmark's own process tree (the daemon and
@@ -50,6 +61,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import copy
 import hashlib
 import itertools
 import json
@@ -162,17 +175,24 @@ def open_instance(home: Path) -> Any:
     return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
 
-def write_instance_yaml(home: Path, max_concurrent_runs: int | None = None) -> dict[str, Any]:
-    """The repo's dagster.yaml, as the Makefile copies it; optionally another run-queue limit."""
+def write_instance_yaml(
+    home: Path, max_concurrent_runs: int | None = None, config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The repo's dagster.yaml, as the Makefile copies it, or ``config`` (another instance's
+    settings, e.g. ``benchmarks.partitions.postgres_config()``); optionally another run-queue
+    limit."""
     home.mkdir(parents=True, exist_ok=True)
     source = REPO_ROOT / "instance" / "dagster.yaml"
-    if max_concurrent_runs is None:
+    if max_concurrent_runs is None and config is None:
         shutil.copyfile(source, home / "dagster.yaml")
         return dict(yaml.safe_load(source.read_text()))
-    config = yaml.safe_load(source.read_text())
-    config["concurrency"]["runs"]["max_concurrent_runs"] = max_concurrent_runs
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return dict(config)
+    written = copy.deepcopy(
+        dict(config) if config is not None else yaml.safe_load(source.read_text())
+    )
+    if max_concurrent_runs is not None:
+        written["concurrency"]["runs"]["max_concurrent_runs"] = max_concurrent_runs
+    (home / "dagster.yaml").write_text(yaml.safe_dump(written))
+    return dict(written)
 
 
 def code_location_env(home: Path, data_home: Path, batch_size: int) -> dict[str, str]:
@@ -1037,82 +1057,341 @@ def bench_direct(
 # 3. The run plan of a large backfill, without running it -----------------------------------------
 
 
-def bench_plan(work: Path, n: int, batch_size: int, settle: float, timeout: float) -> dict:
-    import dagster as dg
+PLAN_STORAGES = ("sqlite", "postgres")
+# SageMaker's create-call limit the submission model assumes (the issue's figure, not checked
+# here): about one CreateProcessingJob / CreateTrainingJob call per second per account and region.
+CREATES_PER_SECOND = 1.0
+LOADAVG_EVERY = 30.0
 
-    base = fresh_dir(work / f"plan-{n}-batch{batch_size}")
-    home, data_home = base / "dagster_home", base / "data"
-    written = write_instance_yaml(home, max_concurrent_runs=0)
-    ids = [f"cust-{i + 1:04d}" for i in range(n)]
-    instance = open_instance(home)
-    concurrency = instance.get_concurrency_config()
-    accepted = (
-        concurrency.run_queue_config is not None
-        and concurrency.run_queue_config.max_concurrent_runs == 0
-    )
-    instance.add_dynamic_partitions(PARTITIONS, ids)
-    env = code_location_env(home, data_home, batch_size)
-    daemon = Daemon(env, base / "daemon.log", data_home)
-    log(f"plan: {n} customers, batch size {batch_size}: starting dagster-daemon")
-    startup = daemon.start(instance)
-    try:
-        sub = submit(env, base / "forecast-backfill.log")
-        backfill_id = sub["backfill_id"]
-        submitted_at = instance.get_backfill(backfill_id).backfill_timestamp
-        filters = dg.RunsFilter(tags={BACKFILL_TAG: backfill_id})
-        count, changed_at, first_run_at = -1, time.time(), None
-        deadline = time.monotonic() + timeout
-        while True:
-            now_count = instance.get_runs_count(filters=filters)
-            now = time.time()
-            if now_count != count:
-                if now_count and first_run_at is None:
-                    first_run_at = now
-                count, changed_at = now_count, now
-                log(f"  {count} runs queued")
-            if count > 0 and now - changed_at >= settle:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"plan backfill still growing after {timeout} s ({count} runs)")
-            time.sleep(1.0)
-        backfill = instance.get_backfill(backfill_id)
-    finally:
-        daemon.stop()
-    records = instance.get_run_records(filters=filters)
-    order = {c: i for i, c in enumerate(instance.get_dynamic_partitions(PARTITIONS))}
-    sizes = [run_size(r.dagster_run.tags, order) for r in records]
-    covered: set[str] = set()
-    for r in records:
-        tags = r.dagster_run.tags
-        if RANGE_START in tags:
-            covered.update(ids[order[tags[RANGE_START]] : order[tags[RANGE_END]] + 1])
-        elif PARTITION_TAG in tags:
-            covered.add(tags[PARTITION_TAG])
-    jobs_dir = data_home / "jobs"
-    instance.dispose()
+
+def plan_coverage(tags: Sequence[Mapping[str, str]], ids: Sequence[str]) -> dict[str, Any]:
+    """Customers per run and how often each customer is in a run (by the runs' partition tags,
+    or a run request's range tags)."""
+    order = {c: i for i, c in enumerate(ids)}
+    sizes = [run_size(t, order) for t in tags]
+    seen: Counter[str] = Counter()
+    for t in tags:
+        if RANGE_START in t:
+            seen.update(ids[order[t[RANGE_START]] : order[t[RANGE_END]] + 1])
+        elif PARTITION_TAG in t:
+            seen[t[PARTITION_TAG]] += 1
     return {
-        "customers": n,
-        "batch_size": batch_size,
-        "max_concurrent_runs_in_dagster_yaml": written["concurrency"]["runs"][
-            "max_concurrent_runs"
-        ],
-        "dagster_accepted_max_concurrent_runs_0": accepted,
-        "daemon_startup": startup,
-        "submit": sub,
-        "backfill_status_at_end": backfill.status.value,
-        "runs": len(records),
-        "runs_by_status": dict(Counter(r.dagster_run.status.value for r in records)),
+        "runs": len(tags),
         "customers_per_run": stats(sizes),
         "customers_per_run_histogram": {str(k): v for k, v in sorted(Counter(sizes).items())},
-        "customers_covered": len(covered),
-        "every_customer_in_exactly_one_run": len(covered) == n and sum(sizes) == n,
-        "seconds_submit_to_first_run": (first_run_at - submitted_at) if first_run_at else None,
-        "seconds_submit_to_last_run_created": changed_at - submitted_at,
-        "settle_seconds": settle,
-        "jobs_launched_locally": len(list(jobs_dir.iterdir())) if jobs_dir.exists() else 0,
-        "jobs_launched_if_run": len(records) * len(JOB_STEPS),
-        "work_dir": str(base),
+        "customers_covered": len(seen),
+        "customers_in_more_than_one_run": sum(1 for v in seen.values() if v > 1),
+        "every_customer_in_exactly_one_run": len(seen) == len(ids)
+        and all(v == 1 for v in seen.values()),
     }
+
+
+def dagster_plan(instance: Any, backfill_id: str, filters: Any) -> dict[str, dict[str, str]]:
+    """The daemon's whole plan for the backfill, by run id: the partition tags of every run it
+    will create. Before creating any run the daemon stores all of its run requests, with a
+    reserved run id each, in the backfill (``submitting_run_requests``) and removes them in
+    chunks of 25 as it creates the runs; so the runs created so far plus the requests still
+    stored (the backfill read first: a run in both counts once) are the plan."""
+    backfill = instance.get_backfill(backfill_id)
+    requests = backfill.submitting_run_requests
+    reserved = backfill.reserved_run_ids or [f"request-{i}" for i in range(len(requests))]
+    plan = {run_id: dict(r.tags) for run_id, r in zip(reserved, requests, strict=True)}
+    for record in instance.get_run_records(filters=filters):
+        plan[record.dagster_run.run_id] = dict(record.dagster_run.tags)
+    return plan
+
+
+def daemon_log_times(log_path: Path, backfill_id: str) -> dict[str, float | None]:
+    """Epoch seconds of the backfill daemon's first ``Evaluating asset backfill <id>`` line and of
+    its first ``completed iteration`` line for it (the daemon logs whole seconds, local time)."""
+    stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ([+-]\d{4})")
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    found: dict[str, float | None] = {"iteration_started": None, "iteration_completed": None}
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return found
+    for line in map(lambda text: ansi.sub("", text), lines):
+        match = stamp.match(line)
+        if not match:
+            continue
+        at = datetime.strptime(" ".join(match.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp()
+        if (
+            found["iteration_started"] is None
+            and f"Evaluating asset backfill {backfill_id}" in line
+        ):
+            found["iteration_started"] = at
+        elif (
+            found["iteration_completed"] is None
+            and f"Asset backfill {backfill_id} completed iteration" in line
+        ):
+            found["iteration_completed"] = at
+    return found
+
+
+def per_minute(times: Sequence[float], since: float) -> list[int]:
+    """How many of ``times`` fall in each minute after ``since``."""
+    if not times:
+        return []
+    counts = Counter(int((t - since) // 60) for t in times)
+    return [counts.get(m, 0) for m in range(max(counts) + 1)]
+
+
+def bench_plan(
+    work: Path,
+    n: int,
+    batch_size: int,
+    settle: float,
+    timeout: float,
+    storage: str = "sqlite",
+    postgres_url: str | None = None,
+    time_limit: float | None = None,
+) -> dict:
+    """One backfill of ``n`` customers planned and queued by a live daemon, no run started.
+
+    ``storage`` "sqlite": the repo's instance/dagster.yaml; "postgres": deploy/dagster.yaml's
+    storage on a new database of ``postgres_url`` (launcher swapped for the default one, as
+    ``benchmarks/partitions.py`` does). Either with ``max_concurrent_runs: 0``. The count ends
+    when the daemon has created every run of its plan (``dagster_plan``), when no new run came
+    for ``settle`` seconds, or, as a partial measurement, ``time_limit`` seconds after submit.
+    """
+    import dagster as dg
+
+    from benchmarks.partitions import (
+        database_activity,
+        postgres_config,
+        postgres_database,
+        postgres_server_pid,
+    )
+
+    prefix = "plan" if storage == "sqlite" else f"plan-{storage}"
+    base = fresh_dir(work / f"{prefix}-{n}-batch{batch_size}")
+    home, data_home = base / "dagster_home", base / "data"
+    width = max(4, len(str(n)))
+    ids = [f"cust-{i + 1:0{width}d}" for i in range(n)]
+    load_at_start = list(os.getloadavg())
+    with contextlib.ExitStack() as stack:
+        if storage == "postgres":
+            if postgres_url is None:
+                raise ValueError("storage postgres needs a server URL")
+            database = stack.enter_context(postgres_database(postgres_url))["DAGSTER_PG_DB"]
+            written = write_instance_yaml(home, 0, postgres_config())
+        else:
+            written = write_instance_yaml(home, max_concurrent_runs=0)
+        instance = open_instance(home)
+        stack.callback(instance.dispose)
+        concurrency = instance.get_concurrency_config()
+        accepted = (
+            concurrency.run_queue_config is not None
+            and concurrency.run_queue_config.max_concurrent_runs == 0
+        )
+        t = time.perf_counter()
+        instance.add_dynamic_partitions(PARTITIONS, ids)
+        add_seconds = time.perf_counter() - t
+        env = code_location_env(home, data_home, batch_size)
+        daemon = Daemon(env, base / "daemon.log", data_home)
+        log(f"plan: {n} customers, batch size {batch_size}, {storage}: starting dagster-daemon")
+        startup = daemon.start(instance)
+        assert daemon.proc is not None
+        samplers = {"daemon_tree": CpuSampler(daemon.proc.pid, [data_home], 0.5, 2)}
+        server_pid = (
+            postgres_server_pid(postgres_url) if postgres_url and storage == "postgres" else None
+        )
+        if server_pid is not None:
+            samplers["postgres_server_tree"] = CpuSampler(server_pid, [], 1.0, 1)
+        for sampler in samplers.values():
+            sampler.start()
+        loads: list[list[float]] = []
+        activity: list[dict[str, int] | None] = []
+        if storage == "postgres" and postgres_url:
+            activity.append(database_activity(postgres_url, database))
+        try:
+            sub = submit(env, base / "forecast-backfill.log")
+            backfill_id = sub["backfill_id"]
+            submitted_at = instance.get_backfill(backfill_id).backfill_timestamp
+            filters = dg.RunsFilter(tags={BACKFILL_TAG: backfill_id})
+            plan: dict[str, dict[str, str]] | None = None
+            count, changed_at, first_run_at, logged_at = -1, time.time(), None, 0.0
+            stopped_by = "settle"
+            deadline = time.monotonic() + timeout
+            while True:
+                now_count = instance.get_runs_count(filters=filters)
+                now = time.time()
+                if not loads or now - submitted_at - loads[-1][0] >= LOADAVG_EVERY:
+                    loads.append([round(now - submitted_at, 1), *os.getloadavg()])
+                if now_count != count:
+                    if now_count and first_run_at is None:
+                        first_run_at = now
+                    count, changed_at = now_count, now
+                    if now - logged_at >= 15:
+                        log(f"  {count} runs queued ({now - submitted_at:.0f} s after submit)")
+                        logged_at = now
+                if count > 0 and plan is None:
+                    plan = dagster_plan(instance, backfill_id, filters)
+                    log(f"  the daemon's plan: {len(plan)} runs")
+                if (
+                    plan is not None
+                    and count >= len(plan)
+                    and not instance.get_backfill(backfill_id).submitting_run_requests
+                ):
+                    stopped_by = "every run of the daemon's plan created"
+                    break
+                if count > 0 and now - changed_at >= settle:
+                    break
+                if time_limit is not None and now - submitted_at >= time_limit:
+                    stopped_by = f"time limit ({time_limit:.0f} s after submit): PARTIAL"
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"plan backfill still growing after {timeout} s ({count} runs)"
+                    )
+                time.sleep(1.0)
+            ended_at = time.time()
+            if activity and postgres_url:
+                activity.append(database_activity(postgres_url, database))
+            backfill = instance.get_backfill(backfill_id)
+            requested = backfill.asset_backfill_data.requested_subset
+        finally:
+            for sampler in samplers.values():
+                sampler.stop()
+            daemon.stop()
+        load_at_end = list(os.getloadavg())
+        records = instance.get_run_records(filters=filters)
+        created = sorted(r.create_timestamp.timestamp() for r in records)
+        complete = stopped_by.startswith("every run")
+        jobs_dir = data_home / "jobs"
+        planned = len(plan) if plan is not None else None
+        first_created = created[0] if created else None
+        last_created = created[-1] if created else None
+        enqueue = created[-1] - created[0] if created else None
+        rate = (len(created) - 1) / enqueue if enqueue else None
+        logged = daemon_log_times(base / "daemon.log", backfill_id)
+        cpu: dict[str, Any] = {}
+        for key, sampler in samplers.items():
+            cpu[key] = {
+                "submit_to_last_run_created": sampler.window(
+                    submitted_at, last_created or ended_at
+                ),
+                "submit_to_end_of_count": sampler.window(submitted_at, ended_at),
+            }
+            for window in cpu[key].values():
+                window.pop("samples_per_second_busy_by_core", None)
+        result: dict[str, Any] = {
+            "storage": storage,
+            "customers": n,
+            "batch_size": batch_size,
+            "instance": {
+                "storage": "postgres (deploy/dagster.yaml)"
+                if storage == "postgres"
+                else "sqlite (instance/dagster.yaml)",
+                "run_launcher": written.get("run_launcher", {}).get("class", "DefaultRunLauncher"),
+                "run_coordinator": type(instance.run_coordinator).__name__,
+            },
+            "max_concurrent_runs_in_dagster_yaml": written["concurrency"]["runs"][
+                "max_concurrent_runs"
+            ],
+            "dagster_accepted_max_concurrent_runs_0": accepted,
+            "add_partitions_seconds": add_seconds,
+            "daemon_startup": startup,
+            "submit": sub,
+            "stopped_by": stopped_by,
+            "complete": complete,
+            "backfill_status_at_end": backfill.status.value,
+            "asset_partitions_requested_at_end": requested.num_partitions_and_non_partitioned_assets,
+            "planned_runs": planned,
+            "plan": plan_coverage(list(plan.values()), ids) if plan is not None else None,
+            "runs": len(records),
+            "runs_by_status": dict(Counter(r.dagster_run.status.value for r in records)),
+            "created": plan_coverage([dict(r.dagster_run.tags) for r in records], ids),
+            "seconds_submit_to_iteration_start_daemon_log": logged["iteration_started"]
+            - submitted_at
+            if logged["iteration_started"]
+            else None,
+            "seconds_submit_to_iteration_completed_daemon_log": logged["iteration_completed"]
+            - submitted_at
+            if logged["iteration_completed"]
+            else None,
+            "seconds_submit_to_first_run": first_created - submitted_at if first_created else None,
+            "seconds_submit_to_first_run_seen_polling": first_run_at - submitted_at
+            if first_run_at
+            else None,
+            "seconds_first_to_last_run_created": enqueue,
+            "seconds_submit_to_last_run_created": last_created - submitted_at
+            if last_created
+            else None,
+            "seconds_submit_to_end_of_count": ended_at - submitted_at,
+            "runs_created_per_second": rate,
+            "runs_created_per_minute_after_first": per_minute(created, created[0])
+            if created
+            else [],
+            "timing_method": "run record create_timestamp (set by the storage on insert); submit "
+            "= the backfill's backfill_timestamp; iteration start/completed = the backfill "
+            "daemon's log lines (whole seconds); runs/s = (runs - 1) / (last - first created)",
+            "settle_seconds": settle,
+            "time_limit_seconds": time_limit,
+            "cpu": cpu,
+            "postgres_server_pid": server_pid,
+            "cpu_method": "CpuSampler on the daemon's process tree (daemon, its code server, "
+            "all its daemons: backfill, run queue, sensors, schedules, monitoring) every 0.5 s "
+            "and, on PostgreSQL, on the server's postmaster tree every 1 s; mean_busy_cores is "
+            "the whole machine (/proc/stat), other work included",
+            "loadavg": {"at_start": load_at_start, "at_end": load_at_end, "every_30s": loads},
+            "jobs_launched_locally": len(list(jobs_dir.iterdir())) if jobs_dir.exists() else 0,
+            "jobs_launched_if_run": (planned if planned is not None else len(records))
+            * len(JOB_STEPS),
+            "work_dir": str(base),
+        }
+        before, after = [*activity, None, None][:2]
+        if before is not None and after is not None:
+            delta = {k: after[k] - before[k] for k in after}
+            result["postgres_activity"] = {
+                "window": "just before submit to the end of the count "
+                f"({ended_at - submitted_at:.0f} s)",
+                "totals": delta,
+                "per_second": {k: v / (ended_at - submitted_at) for k, v in delta.items()},
+                "per_run_created": {k: v / len(records) for k, v in delta.items()}
+                if records
+                else None,
+                "method": "pg_stat_database of the variant's database (sessions = connections "
+                "opened), every client together: the daemon and its code server, the "
+                "forecast-backfill CLI, and this benchmark's own polling (about one "
+                "connection a second: get_runs_count, and get_backfill near the end)",
+            }
+        if not complete and rate and planned:
+            result["EXTRAPOLATED_not_measured"] = {
+                "seconds_first_to_last_run_at_measured_rate": (planned - 1) / rate,
+                "seconds_submit_to_last_run_at_measured_rate": (first_created or 0)
+                - submitted_at
+                + (planned - 1) / rate,
+                "basis": f"{len(records)} of {planned} runs created in {enqueue:.0f} s; the rest "
+                "assumed at the same rate (the per-minute counts show whether it held)",
+            }
+    return result
+
+
+def submission_model(
+    plans: Sequence[Mapping[str, Any]], creates_per_second: float = CREATES_PER_SECOND
+) -> list[dict[str, Any]]:
+    """MODELLED, not measured: the time to make the create calls of every job of the plan at
+    ``creates_per_second`` per account and region, one call after another."""
+    rows = []
+    for plan in plans:
+        runs = plan.get("planned_runs") or plan["runs"]
+        jobs = runs * len(JOB_STEPS)
+        rows.append(
+            {
+                "storage": plan.get("storage", "sqlite"),
+                "batch_size": plan["batch_size"],
+                "customers": plan["customers"],
+                "runs": runs,
+                "jobs": jobs,
+                "creates_per_second_assumed": creates_per_second,
+                "seconds_per_step": runs / creates_per_second,
+                "seconds_all_steps": jobs / creates_per_second,
+                "hours_all_steps": jobs / creates_per_second / 3600,
+            }
+        )
+    return rows
 
 
 def startup_model(
@@ -1121,7 +1400,7 @@ def startup_model(
     """Assumed SageMaker start-up per job (not measured): total and on the critical path."""
     rows = []
     for plan in plans:
-        runs = plan["runs"]
+        runs = plan.get("planned_runs") or plan["runs"]
         jobs = runs * len(JOB_STEPS)
         for s in startup_seconds:
             total = jobs * s
@@ -1129,6 +1408,7 @@ def startup_model(
             critical = sum(math.ceil(runs / pool_limit) * s for _ in JOB_STEPS)
             rows.append(
                 {
+                    "storage": plan.get("storage", "sqlite"),
                     "batch_size": plan["batch_size"],
                     "customers": plan["customers"],
                     "runs": runs,
@@ -1317,11 +1597,36 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{comp['model_wape']['compared']} comparisons"
         )
     for plan in b.get("plan", {}).get("plans", []):
+        created = plan.get("created") or {
+            "customers_covered": plan.get("customers_covered"),
+            "customers_per_run": plan["customers_per_run"],
+        }
         lines.append(
-            f"plan {plan['customers']} customers, batch {plan['batch_size']}: {plan['runs']} runs "
-            f"({plan['runs_by_status']}), {plan['jobs_launched_if_run']} jobs, customers/run "
-            f"{plan['customers_per_run']['min']}-{plan['customers_per_run']['max']}, "
-            f"covered {plan['customers_covered']}"
+            f"plan {plan['customers']} customers, {plan.get('storage', 'sqlite')}, batch "
+            f"{plan['batch_size']}: {plan['runs']} of {plan.get('planned_runs')} planned runs "
+            f"created ({plan['runs_by_status']}), {plan['jobs_launched_if_run']} jobs, "
+            f"customers/run {created['customers_per_run']['min']}-"
+            f"{created['customers_per_run']['max']}, covered {created['customers_covered']}; "
+            f"{plan.get('stopped_by', 'settle')}"
+        )
+        if "runs_created_per_second" in plan:
+            lines.append(
+                f"  submit {plan['submit']['cli_seconds']:.1f} s; first run "
+                f"{_fmt(plan['seconds_submit_to_first_run'])} s, last "
+                f"{_fmt(plan['seconds_submit_to_last_run_created'])} s after submit; "
+                f"{_fmt(plan['runs_created_per_second'])} runs/s"
+            )
+        if "EXTRAPOLATED_not_measured" in plan:
+            x = plan["EXTRAPOLATED_not_measured"]
+            lines.append(
+                f"  EXTRAPOLATED (not measured): all runs "
+                f"{x['seconds_submit_to_last_run_at_measured_rate']:.0f} s after submit"
+            )
+    for row in b.get("plan", {}).get("submission_model", []):
+        lines.append(
+            f"  MODEL {row['storage']} batch {row['batch_size']:>3}: {row['jobs']} jobs at "
+            f"{row['creates_per_second_assumed']:g} create/s = {row['seconds_all_steps']:.0f} s "
+            f"({row['seconds_per_step']:.0f} s per step)"
         )
     for row in b.get("plan", {}).get("startup_model", []):
         lines.append(
@@ -1347,6 +1652,21 @@ def size_and_count(text: str) -> tuple[int, int]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected SIZE=CUSTOMERS, got {text!r}")
     return int(size), int(count)
+
+
+def plan_variant(text: str) -> tuple[str, int, float | None]:
+    """``STORAGE:SIZE`` or ``STORAGE:SIZE:SECONDS`` (that variant's own time limit)."""
+    storage, _, rest = text.partition(":")
+    size, _, limit = rest.partition(":")
+    try:
+        variant = (storage, int(size), float(limit) if limit else None)
+    except ValueError:
+        variant = ("", 0, None)
+    if storage not in PLAN_STORAGES or variant[1] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected STORAGE:SIZE[:SECONDS], STORAGE one of {PLAN_STORAGES}; got {text!r}"
+        )
+    return variant
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1398,6 +1718,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plan-customers", type=int, default=500)
     parser.add_argument("--plan-batch-sizes", type=int, nargs="+", default=[1, 10, 25, 50])
     parser.add_argument(
+        "--plan-variants",
+        type=plan_variant,
+        nargs="+",
+        default=None,
+        metavar="STORAGE:SIZE[:SECONDS]",
+        help="plan variants in this order, e.g. postgres:50 postgres:10:600 sqlite:10 "
+        f"(STORAGE one of {', '.join(PLAN_STORAGES)}; SECONDS: that variant's time limit, "
+        "else --plan-time-limit); default sqlite at each --plan-batch-sizes",
+    )
+    parser.add_argument(
+        "--plan-time-limit",
+        type=float,
+        default=None,
+        help="stop counting a plan this many seconds after submit, recorded as PARTIAL (runs "
+        "created so far, their rate; the time to create all of them only extrapolated)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=None,
+        help="server for the postgres plan variants (a new database each); default a "
+        "throwaway PostgreSQL server (benchmarks/partitions.py), removed after",
+    )
+    parser.add_argument(
+        "--creates-per-second",
+        type=float,
+        default=CREATES_PER_SECOND,
+        help="ASSUMED SageMaker create calls per second per account and region, for the model",
+    )
+    parser.add_argument(
         "--plan-settle-seconds",
         type=float,
         default=40.0,
@@ -1428,6 +1777,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if any(n > args.customers or n < 1 for n in counts.values()):
         parser.error("--customers-at: N must be between 1 and --customers")
     args.customers_by_size = {size: counts.get(size, args.customers) for size in args.batch_sizes}
+    if args.plan_variants is None:
+        args.plan_variants = [("sqlite", size, None) for size in args.plan_batch_sizes]
     if args.direct_customers is None:
         args.direct_customers = args.customers
     smallest = min([*args.customers_by_size.values(), args.direct_customers])
@@ -1446,7 +1797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     atexit.register(_cleanup)
-    work = args.work_dir
+    work = args.work_dir.resolve()  # DAGSTER_HOME must be an absolute path
     work.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
     start = time.perf_counter()
@@ -1487,6 +1838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "benchmarks": {},
     }
+    stack = contextlib.ExitStack()
     try:
         files: dict[str, dict[str, bytes]] = {}
         if {"backfill", "direct"} & set(args.only):
@@ -1533,34 +1885,70 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         files.clear()
         if "plan" in args.only:
-            log(f"== run plan for {args.plan_customers} customers (runs stay queued)")
-            plans = [
-                bench_plan(work, args.plan_customers, size, args.plan_settle_seconds, args.timeout)
-                for size in args.plan_batch_sizes
-            ]
+            variants = " ".join(":".join(map(str, filter(None, v))) for v in args.plan_variants)
+            log(f"== run plan for {args.plan_customers} customers (runs stay queued): {variants}")
+            url = args.postgres_url
+            if url is None and any(v[0] == "postgres" for v in args.plan_variants):
+                from benchmarks.partitions import throwaway_postgres
+
+                url = stack.enter_context(throwaway_postgres())
             b["plan"] = {
-                "method": "fresh instance, the repo's dagster.yaml with concurrency.runs."
-                "max_concurrent_runs set to 0 (Dagster accepts it: the run queue launches "
-                "max_concurrent_runs - in_progress = 0 runs; -1 would mean unlimited), partitions "
-                "added, dagster-daemon started, forecast-backfill --all --job forecast_job, then "
-                "the runs tagged with the backfill counted every 1 s until no new run for "
-                "settle_seconds. Jobs if run = runs x 3 (one per job-launching step per run, "
+                "method": "fresh instance with concurrency.runs.max_concurrent_runs set to 0 "
+                "(Dagster accepts it: the run queue launches max_concurrent_runs - in_progress = "
+                "0 runs; -1 would mean unlimited): sqlite = the repo's instance/dagster.yaml; "
+                "postgres = deploy/dagster.yaml's storage (dagster-postgres) on a new database "
+                "of the server, its ECS run launcher swapped for the default one. Partitions "
+                "added, dagster-daemon started, forecast-backfill --all --job forecast_job, "
+                "then the runs tagged with the backfill counted every 1 s until the daemon had "
+                "created every run of its own plan (the run requests it stores in the backfill "
+                "before creating any), or no new run for settle_seconds, or the time limit "
+                "(then PARTIAL). Jobs if run = runs x 3 (one per job-launching step per run, "
                 "per customer or batched: tests/test_backfill.py, "
                 "test_batched_run_launches_one_job_per_step_and_reports_each_customer)",
-                "plans": plans,
-                "startup_model_assumptions": {
-                    "startup_seconds_per_job": args.startup_seconds,
-                    "pool_limit_concurrent_jobs": args.pool_limit,
-                    "note": "ASSUMED, not measured: per SageMaker job a start-up S before the "
-                    "script runs (instance provisioning, image pull, input staging). total "
-                    "instance start-up = jobs x S; start-up on the critical path ~ sum over "
-                    "the 3 steps of ceil(jobs_per_step / P) x S",
-                },
-                "startup_model": startup_model(plans, args.startup_seconds, args.pool_limit),
+                "postgres_server": None
+                if url is None
+                else ("--postgres-url" if args.postgres_url else "throwaway (partitions.py)"),
+                "plans": [],
             }
+            plans = b["plan"]["plans"]
+            for storage, size, limit in args.plan_variants:
+                plans.append(
+                    bench_plan(
+                        work,
+                        args.plan_customers,
+                        size,
+                        args.plan_settle_seconds,
+                        args.timeout,
+                        storage,
+                        url,
+                        limit if limit is not None else args.plan_time_limit,
+                    )
+                )
+                # Written after each variant: a later failure keeps the earlier ones.
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            b["plan"]["startup_model_assumptions"] = {
+                "startup_seconds_per_job": args.startup_seconds,
+                "pool_limit_concurrent_jobs": args.pool_limit,
+                "note": "ASSUMED, not measured: per SageMaker job a start-up S before the "
+                "script runs (instance provisioning, image pull, input staging). total "
+                "instance start-up = jobs x S; start-up on the critical path ~ sum over "
+                "the 3 steps of ceil(jobs_per_step / P) x S",
+            }
+            b["plan"]["startup_model"] = startup_model(plans, args.startup_seconds, args.pool_limit)
+            b["plan"]["submission_model_assumptions"] = {
+                "creates_per_second": args.creates_per_second,
+                "note": "MODELLED, not measured (no AWS account here): SageMaker allows about "
+                "one CreateProcessingJob / CreateTrainingJob call per second per account and "
+                "region (the issue's figure); the create calls are made one after another, so "
+                "all jobs need jobs / rate seconds and each of the 3 steps runs / rate. Runs = "
+                "the daemon's plan (all runs it would create), also where only part was created",
+            }
+            b["plan"]["submission_model"] = submission_model(plans, args.creates_per_second)
         results["comparison"] = comparison(results)
     finally:
         _cleanup()
+        stack.close()  # the throwaway PostgreSQL server, after the daemons that use it
         results["total_seconds"] = time.perf_counter() - start
         results["machine"]["loadavg_at_end"] = list(os.getloadavg())
         files_at_end = code_files()

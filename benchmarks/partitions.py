@@ -21,12 +21,16 @@ Wall seconds (``time.perf_counter``) and this process's CPU seconds (``time.proc
 Dagster side; PostgreSQL's own CPU is in its server process). Without ``--postgres-url`` a
 throwaway server is started from the installed binaries (as the tests do) and removed after.
 Timings are from a shared machine: figures to compare within one run, not thresholds.
+
+``benchmarks/backfill.py``'s run plan uses the same server, configuration and databases
+(``postgres_config``, ``postgres_database``) for a daemon's DAGSTER_HOME.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import os
 import shutil
@@ -59,10 +63,20 @@ def throwaway_postgres() -> Iterator[str]:
         yield url
 
 
+def postgres_config(max_concurrent_runs: int | None = None) -> dict[str, Any]:
+    """deploy/dagster.yaml (PostgreSQL storage, run queue, pools, monitoring) with the ECS run
+    launcher swapped for the default one (no ECS here); optionally another run-queue limit."""
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
+    config["run_launcher"] = {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"}
+    if max_concurrent_runs is not None:
+        config["concurrency"]["runs"]["max_concurrent_runs"] = max_concurrent_runs
+    return dict(config)
+
+
 @contextlib.contextmanager
-def postgres_instance(server_url: str) -> Iterator[Any]:
-    """A Dagster instance with deploy/dagster.yaml's storage on a new database of the server."""
-    import dagster as dg
+def postgres_database(server_url: str) -> Iterator[dict[str, str]]:
+    """A new database on the server: the ``DAGSTER_PG_*`` variables deploy/dagster.yaml reads for
+    it, also set in ``os.environ`` (so a daemon or CLI started after sees them); dropped after."""
     import sqlalchemy as sa
 
     server = sa.engine.make_url(server_url)
@@ -70,8 +84,6 @@ def postgres_instance(server_url: str) -> Iterator[Any]:
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
-    config["run_launcher"] = {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"}
     env = {
         "DAGSTER_PG_HOST": str(server.host),
         "DAGSTER_PG_PORT": str(server.port),
@@ -80,16 +92,87 @@ def postgres_instance(server_url: str) -> Iterator[Any]:
         "DAGSTER_PG_DB": name,
     }
     os.environ.update(env)
-    home = Path(tempfile.mkdtemp(prefix="forecast-bench-home-"))
     try:
-        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            yield instance
+        yield env
     finally:
-        shutil.rmtree(home, ignore_errors=True)
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def postgres_server_pid(server_url: str) -> int | None:
+    """The pid of the local PostgreSQL server (postmaster) listening on the URL's port; None if
+    there is none on this machine. Its backends are its children, so its process tree's CPU is
+    the server's. Read from ``postmaster.pid`` in the data folder named by a process started as
+    ``postgres -D DATA -p PORT``: a backend just forked shows the postmaster's command line too,
+    until it sets its own title, so the command line alone can name a backend."""
+    import sqlalchemy as sa
+
+    port = str(sa.engine.make_url(server_url).port).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        pairs = list(itertools.pairwise(argv))
+        if not argv[0].endswith(b"postgres") or (b"-p", port) not in pairs:
+            continue
+        data = next((b for a, b in pairs if a == b"-D"), b"")
+        try:
+            return int((Path(os.fsdecode(data)) / "postmaster.pid").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+    return None
+
+
+DATABASE_ACTIVITY = (
+    "sessions",
+    "xact_commit",
+    "xact_rollback",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+)
+
+
+def database_activity(server_url: str, database: str) -> dict[str, int] | None:
+    """The server's cumulative counters for one database (``pg_stat_database``: connections
+    opened, transactions, rows); None if they cannot be read (``sessions`` needs PostgreSQL 14)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sa.engine.make_url(server_url))
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.text(
+                    f"SELECT {', '.join(DATABASE_ACTIVITY)} FROM pg_stat_database "
+                    "WHERE datname = :name"
+                ),
+                {"name": database},
+            ).one_or_none()
+    except sa.exc.SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return None if row is None else dict(zip(DATABASE_ACTIVITY, map(int, row), strict=True))
+
+
+@contextlib.contextmanager
+def postgres_instance(server_url: str) -> Iterator[Any]:
+    """A Dagster instance with deploy/dagster.yaml's storage on a new database of the server."""
+    import dagster as dg
+
+    with postgres_database(server_url):
+        home = Path(tempfile.mkdtemp(prefix="forecast-bench-home-"))
+        try:
+            (home / "dagster.yaml").write_text(yaml.safe_dump(postgres_config()))
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                yield instance
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @contextlib.contextmanager
