@@ -9,8 +9,8 @@ postgres:50 postgres:10:480 sqlite:50:480`` for the run plan alone
    cycling the five demo profiles, vendors and meter counts; ``--days`` of 15-minute data each,
    the same bytes for every variant) through the real machinery: a fresh ``DAGSTER_HOME`` with
    the repo's ``dagster.yaml`` (run queue, SageMaker pools), a fresh ``FORECAST_DATA_HOME``,
-   the files landed and the customers added to the partition set, ``dagster-daemon run`` as a
-   subprocess, ``forecast-backfill --all --job forecast_job`` submitted and followed until the
+   the files landed and the customers added to the partition set, the daemon as
+   ``scripts/daemon.sh`` starts it (one standing code server) in a subprocess, ``forecast-backfill --all --job forecast_job`` submitted and followed until the
    backfill ends. Once per ``--batch-sizes`` value (``FORECAST_BACKFILL_BATCH_SIZE``), each on
    the first ``--customers-at SIZE=N`` customers if given, else on all of them.
    With ``--failing N``, N of the customers fail (alternately: a file that is not a meter
@@ -208,7 +208,9 @@ def code_location_env(home: Path, data_home: Path, batch_size: int) -> dict[str,
 
 @dataclass
 class Daemon:
-    """``dagster-daemon run -w workspace.yaml`` from the repo root, in its own process group."""
+    """``scripts/daemon.sh`` from the repo root, in its own process group: ``dagster-daemon
+    run`` with the code location served by one standing code server, as in production (the
+    script says why not ``dagster-daemon run -w workspace.yaml``)."""
 
     env: dict[str, str]
     log_path: Path
@@ -223,9 +225,10 @@ class Daemon:
         start = time.perf_counter()
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                ["bash", "scripts/daemon.sh"],
                 cwd=REPO_ROOT,
-                env=self.env,
+                # The virtualenv of this interpreter, wherever the tree being measured is.
+                env={**self.env, "VENV": str(BIN.parent)},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -248,18 +251,19 @@ class Daemon:
         return {
             "seconds_until_heartbeats": time.perf_counter() - start,
             "first_heartbeat_seconds": first,
-            "method": "dagster-daemon run started as a subprocess until the BACKFILL and "
+            "method": "scripts/daemon.sh (a standing code server, then dagster-daemon run on "
+            "it) started as a subprocess until the BACKFILL and "
             "QUEUED_RUN_COORDINATOR daemons each wrote a heartbeat (polled every 0.25 s); the "
             "daemon loads the code location (a gRPC code server) before starting its daemons",
         }
 
     def stop(self) -> None:
-        """SIGTERM the daemon (it stops its code server), then whatever is left of its process
-        group, then any job process still running in this data home."""
+        """SIGTERM the script (it stops the daemon, then the code server), then whatever is left
+        of its process group, then any job process still running in this data home."""
         if self.proc is not None and self.proc.poll() is None:
             _signal(self.proc.pid, signal.SIGTERM, group=False)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 _signal(self.proc.pid, signal.SIGKILL, group=True)
                 self.proc.wait()
