@@ -5,8 +5,8 @@
 # Why not `dagster-daemon run -w workspace.yaml`: on a workspace that names a Python module, the
 # daemon starts the code server itself and replaces it with a new process every 60 seconds
 # (dagster/_daemon/controller.py, RELOAD_WORKSPACE_INTERVAL), each loading the code location
-# again: about 5 CPU-seconds a minute on this machine, as much as the daemon's own work, more
-# under load (benchmarks/README.md, backfill, "A standing code server"). Here the code location
+# again: about 5 CPU-seconds a minute on this machine, three times the idle daemon's own CPU
+# (benchmarks/README.md, backfill, "A standing code server"). Here the code location
 # is loaded once, for as long as this script runs; code edited meanwhile is not picked up.
 #
 # Runs until it is stopped (SIGTERM or SIGINT), then stops the daemon and the code server.
@@ -41,7 +41,8 @@ env --default-signal=INT "$VENV/bin/dagster" code-server start --socket "$socket
 code_server=$!
 pids=("$code_server")
 
-# Until the code server answers with the definitions loaded (a failed import ends it).
+# Until the code server answers with the definitions loaded; a code location that fails to load
+# ends the script with Dagster's error.
 "$VENV/bin/python" - "$socket" "$code_server" <<'EOF'
 import os, sys, time
 
