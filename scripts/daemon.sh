@@ -12,6 +12,12 @@
 # Runs until it is stopped (SIGTERM or SIGINT), then stops the daemon and the code server.
 # Used by scripts/backfill.sh and benchmarks/backfill.py; DAGSTER_HOME must be set.
 set -euo pipefail
+# A shell cannot trap a signal that was ignored when it started, and a caller may hand down
+# SIGTERM ignored (Dagster's own processes map SIGTERM onto SIGINT's handler, which is "ignore"
+# in a background job): start again with both at their defaults, so that SIGTERM stops this.
+if [ -z "${FORECAST_DAEMON_SIGNALS:-}" ]; then
+  FORECAST_DAEMON_SIGNALS=default exec env --default-signal=INT,TERM bash "$0" "$@"
+fi
 VENV=${VENV:-.venv}
 : "${DAGSTER_HOME:?DAGSTER_HOME must be set (the Makefile sets it)}"
 # The name `dagster dev` and the daemon give workspace.yaml's entry, so sensor and schedule
