@@ -1,6 +1,8 @@
-"""The customer overview's reads of the Dagster instance at 1,000 to 10,000 customers.
+"""The customer overview's reads at 1,000 to 10,000 customers: the Dagster instance, the
+published pointers and the model registry.
 
-``python -m benchmarks.overview [--customers 1000 10000] [--sample 200] [--out PATH]``
+``python -m benchmarks.overview [--customers 1000 10000] [--sample 200]
+[--s3-customers 1000] [--out PATH]``
 
 For each size, a fresh instance gets that many customers, each with what a forecast run leaves: a materialization of every step asset
 (``forecasts.STEPS``) and an evaluation of every partitioned check, as runless events; 1 % of
@@ -15,8 +17,17 @@ newer than the step's materialization). Then it times:
   ``--sample`` customers, and that time per customer times the size (**extrapolated**, and
   said so in the output).
 
-The overview's other reads per customer (latest run, model versions, two published pointers)
-are the same before and after and are not populated here. CPU is this process's.
+Then, on a fresh object store and SQLite model registry holding, per customer, a published
+preprocessed table and forecast and two model versions (the local store at every size, S3 on an
+in-process moto server at ``--s3-customers``):
+
+- ``published``: ``PublishedFacts.load``, the pointers read ``PARALLEL_READS`` at a time and
+  every customer's newest model in one query, checked against the serial reads;
+- ``published_per_customer``: the reads the overview made before, per customer (two pointers,
+  then every model version), on the first ``--sample`` customers, extrapolated as above.
+
+The latest run per customer is read per customer before and after and is not measured. CPU is
+this process's (moto's server, in the S3 variant, runs in it too).
 
 The instance is Dagster's ephemeral one: its event log is SQLite in memory, the same tables and
 queries as the local instance's files, without their disk and connection costs (writing the
@@ -148,10 +159,136 @@ def measure(size: int, sample: int) -> dict[str, Any]:
     }
 
 
+def populate_published(store: Any, database: Any, customers: Sequence[str]) -> None:
+    """Per customer: a published preprocessed table and forecast, and two model versions."""
+    from forecast_assets import publication
+
+    for customer in customers:
+        publication.publish(
+            store,
+            publication.PREPROCESSED,
+            customer,
+            "v1",
+            contents={"load.parquet": b"x"},
+            info={"end": "2026-12-07T05:45:00+00:00"},
+        )
+        publication.publish(
+            store,
+            publication.FORECASTS,
+            customer,
+            "v1",
+            contents={"forecast.parquet": b"x"},
+            info={"issued_at": "2026-12-07T06:00:00+00:00", "source": "newest"},
+        )
+        for version, passed in (("m1", True), ("m2", False)):
+            database.register_model(
+                customer_id=customer,
+                version=version,
+                model_uri=f"s3://bucket/models/{customer}/{version}/model.tar.gz",
+                metrics={"model_kind": "forest", "wape_ratio": 0.8 if passed else 1.2},
+                gate_passed=passed,
+                gate_reasons=[] if passed else ["planted"],
+                run_id="run",
+                auto_approve=True,
+            )
+
+
+def measure_published(size: int, sample: int, kind: str, root: Path) -> dict[str, Any]:
+    """``PublishedFacts.load`` against the serial per-customer reads, on a ``kind`` store."""
+    from forecast_assets import publication
+    from forecast_assets.assets.overview import PublishedFacts
+    from resources.database import Database
+    from resources.storage import LocalObjectStore, S3ObjectStore
+
+    customers = [f"cust-{i:06d}" for i in range(1, size + 1)]
+    database = Database(url=f"sqlite:///{root / f'{kind}-{size}.db'}")
+    if kind == "s3":
+        import boto3
+
+        bucket = f"overview-{size}"
+        boto3.client("s3").create_bucket(
+            Bucket=bucket,
+            CreateBucketConfiguration={"LocationConstraint": "eu-central-1"},
+        )
+        store: Any = S3ObjectStore(bucket=bucket)
+    else:
+        store = LocalObjectStore(root=str(root / f"store-{size}"))
+    populate_time, _ = timed(lambda: populate_published(store, database, customers))
+    log(f"{kind}: {size} customers' pointers and models written in {populate_time['wall_s']:.0f} s")
+    facts_time, facts = timed(lambda: PublishedFacts.load(store, database, customers))
+
+    def serial(customer: str) -> tuple[Any, Any, Any]:
+        return (
+            publication.current(store, publication.PREPROCESSED, customer),
+            publication.current(store, publication.FORECASTS, customer),
+            database.model_versions(customer)[0],
+        )
+
+    sampled = customers[:sample]
+    per_time, before = timed(lambda: {c: serial(c) for c in sampled})
+    for c in sampled:  # the same answers
+        assert (facts.tables[c], facts.forecasts[c], facts.newest_models[c]) == before[c], c
+    per_wall, per_cpu = per_time["wall_s"] / len(sampled), per_time["cpu_s"] / len(sampled)
+    return {
+        "store": kind,
+        "customers": size,
+        "populate": populate_time,
+        "published_facts": facts_time,
+        "reads_per_customer": "2 pointer reads (GET on S3) + the model versions query",
+        "published_per_customer_sampled": {
+            "customers": len(sampled),
+            **per_time,
+            "wall_ms_per_customer": round(1000 * per_wall, 2),
+        },
+        "published_per_customer_extrapolated_to_all": {
+            "cpu_s": round(per_cpu * size, 1),
+            "wall_s": round(per_wall * size, 1),
+            "method": f"the sample's time per customer x {size}: extrapolated, not measured",
+        },
+    }
+
+
+def measure_all_published(sizes: Sequence[int], s3_sizes: Sequence[int], sample: int) -> list:
+    import logging
+    import os
+    import tempfile
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="overview-bench-") as tmp:
+        for size in sizes:
+            results.append(measure_published(size, sample, "local", Path(tmp)))
+        if s3_sizes:
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            server.start()
+            host, port = server.get_host_and_port()
+            saved = dict(os.environ)
+            os.environ.update(
+                AWS_ACCESS_KEY_ID="bench",
+                AWS_SECRET_ACCESS_KEY="bench",
+                AWS_DEFAULT_REGION="eu-central-1",
+                AWS_ENDPOINT_URL=f"http://{host}:{port}",
+                AWS_CONFIG_FILE=os.devnull,
+                AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+            )
+            try:
+                for size in s3_sizes:
+                    results.append(measure_published(size, sample, "s3", Path(tmp)))
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+                server.stop()
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overview", description=__doc__)
     parser.add_argument("--customers", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--sample", type=int, default=200)
+    parser.add_argument("--s3-customers", type=int, nargs="*", default=[1000])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -162,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(),
         "code": code_state(),
         "sizes": [measure(size, args.sample) for size in args.customers],
+        "published": measure_all_published(args.customers, args.s3_customers, args.sample),
     }
     results["total_seconds"] = round(time.time() - started, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
@@ -171,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['facts']['cpu_s']:.2f} s CPU; per-customer reads "
             f"{r['per_customer_sampled']['wall_ms_per_customer']:.1f} ms each, x "
             f"{r['customers']} = {r['per_customer_extrapolated_to_all']['wall_s']:.0f} s "
+            "(extrapolated)"
+        )
+    for r in results["published"]:
+        log(
+            f"{r['store']}, {r['customers']} customers: PublishedFacts.load "
+            f"{r['published_facts']['wall_s']:.2f} s wall {r['published_facts']['cpu_s']:.2f} s "
+            f"CPU; per-customer reads "
+            f"{r['published_per_customer_sampled']['wall_ms_per_customer']:.1f} ms each, x "
+            f"{r['customers']} = {r['published_per_customer_extrapolated_to_all']['wall_s']:.0f} s "
             "(extrapolated)"
         )
     log(f"results: {args.out}")

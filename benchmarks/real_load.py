@@ -75,6 +75,17 @@ SIMBENCH_ORIGINS = (
     "2016-10-18",  # Tuesday
     "2016-12-08",  # Thursday
 )
+# Six more between those, taken after them (``--real-origins`` above 6): a customer's ratio
+# over 6 origins moves by tenths with a single unusual day (benchmarks/README.md). None of them,
+# nor the week before it, crosses a clock change.
+SIMBENCH_MORE_ORIGINS = (
+    "2016-04-14",  # Thursday
+    "2016-06-12",  # Sunday
+    "2016-08-02",  # Tuesday
+    "2016-09-21",  # Wednesday
+    "2016-11-11",  # Friday
+    "2016-12-20",  # Tuesday
+)
 TAYLOR_ORIGINS = (
     "2000-08-09",  # Wednesday
     "2000-08-14",  # Monday
@@ -256,15 +267,25 @@ def interval_minutes_of(customer: RealCustomer) -> int:
     return TAYLOR_INTERVAL_MINUTES if customer.source == "taylor" else SIMBENCH_INTERVAL_MINUTES
 
 
-def origins_for(customer: RealCustomer, count: int) -> list[pd.Timestamp]:
-    """``count`` of the customer's origins, evenly spread over its list (first and last kept)."""
-    days = TAYLOR_ORIGINS if customer.source == "taylor" else SIMBENCH_ORIGINS
+def _spread(days: Sequence[str], count: int) -> list[str]:
+    """``count`` of ``days``, evenly spread (first and last kept); all of them past their number."""
+    if count <= 0:
+        return []
     if count >= len(days):
-        picked = list(days)
-    elif count <= 1:
-        picked = [days[len(days) // 2]]
+        return list(days)
+    if count == 1:
+        return [days[len(days) // 2]]
+    return [days[round(i * (len(days) - 1) / (count - 1))] for i in range(count)]
+
+
+def origins_for(customer: RealCustomer, count: int) -> list[pd.Timestamp]:
+    """``count`` of the customer's origins in time order: spread evenly over its list, and past
+    the list's length (SimBench) as many of ``SIMBENCH_MORE_ORIGINS``, spread the same way."""
+    if customer.source == "taylor":
+        days, more = TAYLOR_ORIGINS, ()
     else:
-        picked = [days[round(i * (len(days) - 1) / (count - 1))] for i in range(count)]
+        days, more = SIMBENCH_ORIGINS, SIMBENCH_MORE_ORIGINS
+    picked = sorted(_spread(days, count) + _spread(more, count - len(days)))
     return [pd.Timestamp(d, tz="UTC") + pd.Timedelta(hours=ISSUE_HOUR_UTC) for d in picked]
 
 

@@ -14,7 +14,12 @@ from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
 from forecast_assets import publication
 from forecast_assets.assets.common import FAILED_REASON
-from forecast_assets.assets.overview import InstanceFacts, OverviewConfig, customer_status
+from forecast_assets.assets.overview import (
+    InstanceFacts,
+    OverviewConfig,
+    PublishedFacts,
+    customer_status,
+)
 from forecast_assets.continuation import CONTINUES_TAG, batch_continuation_sensor
 from forecast_assets.definitions import build_definitions
 from forecast_assets.demo_data import DEMO_CUSTOMERS
@@ -173,9 +178,9 @@ def test_a_batch_of_five_with_a_bad_file_and_a_failing_fit_forecasts_the_other_t
     # The overview puts both failed customers first, each with its step and reason.
     now = datetime.now(UTC)
     facts = InstanceFacts.load(instance, customers)
+    published = PublishedFacts.load(store, database, customers)
     rows = {
-        c: customer_status(c, store, database, instance, facts, OverviewConfig(), now)
-        for c in customers
+        c: customer_status(c, published, instance, facts, OverviewConfig(), now) for c in customers
     }
     assert rows[bad_file].status == "failed" and "landing/raw_load failed" in rows[bad_file].why
     assert "broken.csv" in rows[bad_file].why
@@ -204,7 +209,6 @@ def test_a_one_customer_run_whose_job_fails_records_the_reason_on_its_partition(
     assert "training job" in failure.step_failure_data.error.message
     assert "days of load data" in _failed_reason(instance, MODEL, short)
     facts = InstanceFacts.load(instance, [short])
-    row = customer_status(
-        short, store, Database(), instance, facts, OverviewConfig(), datetime.now(UTC)
-    )
+    published = PublishedFacts.load(store, Database(), [short])
+    row = customer_status(short, published, instance, facts, OverviewConfig(), datetime.now(UTC))
     assert row.status == "failed" and "models/load_forecast_model failed" in row.why

@@ -229,6 +229,24 @@ def test_latest_approved_model(db: Database, customer: str):
     assert db.latest_approved_model(f"{customer}-none"[-64:]) is None
 
 
+def test_newest_models_is_each_customers_first_version(db: Database, customer: str):
+    """One query for every customer gives what model_versions gives first, per customer."""
+    other = f"{customer}-b"[-64:]
+    assert customer not in db.newest_models()  # the server may hold other tests' customers
+    # Names that sort against their age, and a re-registered version: created last wins.
+    _register(db, customer, "b-older", passed=True)
+    _register(db, customer, "a-newer", passed=False)
+    _register(db, other, "z-first", passed=True)
+    _register(db, other, "y-second", passed=True, auto=False)
+    _register(db, other, "z-first", passed=False)
+    newest = db.newest_models()
+    assert {customer, other} <= set(newest)
+    for c in (customer, other):
+        assert newest[c] == db.model_versions(c)[0]
+    assert (newest[customer].version, newest[customer].status) == ("a-newer", "Rejected")
+    assert (newest[other].version, newest[other].status) == ("z-first", "Rejected")
+
+
 def test_set_model_status_approves_a_pending_version(db: Database, customer: str):
     _register(db, customer, "v1", passed=True)
     _register(db, customer, "v2", passed=True, auto=False)

@@ -1,6 +1,8 @@
 """The one publication mechanism: versions, the pointer readers follow, all-or-nothing switches,
 reuse, and pruning."""
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -145,3 +147,44 @@ def test_a_full_disk_while_publishing_names_customer_and_place_and_keeps_the_las
     assert message.startswith(f"customer '{CUSTOMER}': no space left on the device holding s3://")
     assert "the last good version is still current" in message
     assert published_snapshot(store, CUSTOMER) == before
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_current_many_reads_every_pointer_several_at_a_time(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+):
+    """The overview's read: the same answer as current() per customer (None where nothing is
+    published), with reads in flight at once, on the local store and on S3 (one lazily built
+    client shared by the threads)."""
+    store = request.getfixturevalue("store" if kind == "local" else "s3_store")
+    customers = [f"cust-{i:03d}" for i in range(24)]
+    for customer in customers[::2]:
+        publication.publish(store, PREPROCESSED, customer, "v1", contents={"a": customer.encode()})
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    real_read = type(store).read_bytes
+
+    def slow_read(self, uri: str) -> bytes:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.02)
+            return real_read(self, uri)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(type(store), "read_bytes", slow_read)
+    found = publication.current_many(store, PREPROCESSED, customers)
+    assert list(found) == customers
+    for customer in customers:
+        assert found[customer] == publication.current(store, PREPROCESSED, customer)
+    assert all(found[c] is not None for c in customers[::2])
+    assert all(found[c] is None for c in customers[1::2])
+    assert 1 < most[0] <= publication.PARALLEL_READS
+
+    # A corrupt pointer is the same clear error as from current().
+    store.write_bytes(publication.pointer_uri(store, PREPROCESSED, customers[1]), b"{not json")
+    with pytest.raises(dg.Failure, match=f"customer '{customers[1]}'.*not a publication record"):
+        publication.current_many(store, PREPROCESSED, customers)

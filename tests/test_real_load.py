@@ -171,7 +171,12 @@ def test_origins_are_spread_and_at_the_issue_hour():
     household = CUSTOMERS[0]
     two = origins_for(household, 2)
     assert [o.strftime("%Y-%m-%d %H:%M") for o in two] == ["2016-03-16 06:00", "2016-12-08 06:00"]
-    assert len(origins_for(household, 99)) == 6
+    six = origins_for(household, 6)
+    assert [f"{o:%m-%d}" for o in six] == ["03-16", "05-13", "07-04", "08-27", "10-18", "12-08"]
+    # Past six, the origins between them are added, in time order.
+    eight = [f"{o:%m-%d}" for o in origins_for(household, 8)]
+    assert eight == ["03-16", "04-14", "05-13", "07-04", "08-27", "10-18", "12-08", "12-20"]
+    assert len(origins_for(household, 99)) == 12
     taylor = next(c for c in CUSTOMERS if c.source == "taylor")
     assert all(o.hour == 6 for o in origins_for(taylor, 5))
 
