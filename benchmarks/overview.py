@@ -15,7 +15,9 @@ newer than the step's materialization). Then it times:
 - ``per_customer``: the reads the overview made before, per customer (every check's latest
   completed evaluation, every step's latest observation and materialization), on the first
   ``--sample`` customers, and that time per customer times the size (**extrapolated**, and
-  said so in the output).
+  said so in the output);
+- ``runs``: ``failed_latest_runs`` (one query for the failed runs of the last week, then one per
+  customer that has one) against the latest run read per customer, as before, on the sample.
 
 Then, on a fresh object store and SQLite model registry holding, per customer, a published
 preprocessed table and forecast and two model versions (the local store at every size, S3 on an
@@ -26,8 +28,7 @@ in-process moto server at ``--s3-customers``):
 - ``published_per_customer``: the reads the overview made before, per customer (two pointers,
   then every model version), on the first ``--sample`` customers, extrapolated as above.
 
-The latest run per customer is read per customer before and after and is not measured. CPU is
-this process's (moto's server, in the S3 variant, runs in it too).
+CPU is this process's (moto's server, in the S3 variant, runs in it too).
 
 The instance is Dagster's ephemeral one: its event log is SQLite in memory, the same tables and
 queries as the local instance's files, without their disk and connection costs (writing the
@@ -45,6 +46,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,43 @@ def populate(instance: Any, customers: Sequence[str]) -> dict[str, set[str]]:
     return planted
 
 
+def populate_runs(instance: Any, customers: Sequence[str]) -> set[str]:
+    """A finished one-customer run per customer, as the daemon leaves them: 1 % of the customers'
+    latest run failed, another 1 % had a failed run and then a good one. Returns the former."""
+    import uuid
+
+    import dagster as dg
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    failed_last: set[str] = set()
+    for i, customer in enumerate(customers):
+        outcomes = [True]
+        if i % EVERY == 3:
+            outcomes = [False]
+            failed_last.add(customer)
+        elif i % EVERY == 4:
+            outcomes = [False, True]
+        for ok in outcomes:
+            instance.add_run(
+                dg.DagsterRun(
+                    job_name="forecast_job",
+                    run_id=str(uuid.uuid4()),
+                    tags={PARTITION_NAME_TAG: customer},
+                    status=dg.DagsterRunStatus.SUCCESS if ok else dg.DagsterRunStatus.FAILURE,
+                )
+            )
+    return failed_last
+
+
+def latest_run_failed(instance: Any, customer: str) -> bool:
+    """The overview's run read per customer before ``failed_latest_runs``."""
+    import dagster as dg
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    runs = instance.get_runs(dg.RunsFilter(tags={PARTITION_NAME_TAG: customer}), limit=1)
+    return bool(runs) and runs[0].status == dg.DagsterRunStatus.FAILURE
+
+
 def per_customer_reads(instance: Any, customer: str) -> int:
     """The overview's instance reads for one customer before ``InstanceFacts``: the latest
     completed evaluation of every check, the latest observation (and, when it has a reason,
@@ -125,17 +164,24 @@ def per_customer_reads(instance: Any, customer: str) -> int:
 def measure(size: int, sample: int) -> dict[str, Any]:
     import dagster as dg
 
-    from forecast_assets.assets.overview import InstanceFacts
+    from forecast_assets.assets.overview import InstanceFacts, failed_latest_runs
 
     customers = [f"cust-{i:06d}" for i in range(1, size + 1)]
     with dg.DagsterInstance.ephemeral() as instance:
         populate_time, planted = timed(lambda: populate(instance, customers))
-        log(f"{size} customers populated in {populate_time['wall_s']:.0f} s")
+        runs_time, failed_last = timed(lambda: populate_runs(instance, customers))
+        log(f"{size} customers populated in {populate_time['wall_s'] + runs_time['wall_s']:.0f} s")
         facts_time, facts = timed(lambda: InstanceFacts.load(instance, customers))
         assert set(facts.failed_checks) == planted["failed_check"], "failed checks differ"
         assert set(facts.batch_failures) == planted["batch_failure"], "batch failures differ"
+        assert set(facts.failed_latest_runs) == failed_last, "failed latest runs differ"
         sampled = customers[:sample]
         per_time, reads = timed(lambda: sum(per_customer_reads(instance, c) for c in sampled))
+        wanted = set(customers)
+        now = datetime.now(UTC)
+        runs_bulk, _ = timed(lambda: failed_latest_runs(instance, wanted, now))
+        runs_each, before = timed(lambda: {c for c in sampled if latest_run_failed(instance, c)})
+        assert before == failed_last & set(sampled), "the latest-run reads differ"
     per_customer_cpu = per_time["cpu_s"] / len(sampled)
     per_customer_wall = per_time["wall_s"] / len(sampled)
     return {
@@ -155,6 +201,18 @@ def measure(size: int, sample: int) -> dict[str, Any]:
             "cpu_s": round(per_customer_cpu * size, 1),
             "wall_s": round(per_customer_wall * size, 1),
             "method": f"the sample's time per customer x {size}: extrapolated, not measured",
+        },
+        "runs": {
+            "planted_failed_latest": len(failed_last),
+            "failed_latest_runs": runs_bulk,
+            "per_customer_sampled": {
+                "customers": len(sampled),
+                **runs_each,
+                "wall_ms_per_customer": round(1000 * runs_each["wall_s"] / len(sampled), 2),
+            },
+            "per_customer_extrapolated_to_all_wall_s": round(
+                runs_each["wall_s"] / len(sampled) * size, 1
+            ),
         },
     }
 
@@ -309,6 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['facts']['cpu_s']:.2f} s CPU; per-customer reads "
             f"{r['per_customer_sampled']['wall_ms_per_customer']:.1f} ms each, x "
             f"{r['customers']} = {r['per_customer_extrapolated_to_all']['wall_s']:.0f} s "
+            "(extrapolated)"
+        )
+    for r in results["sizes"]:
+        runs = r["runs"]
+        log(
+            f"{r['customers']} customers: failed_latest_runs "
+            f"{runs['failed_latest_runs']['wall_s']:.2f} s; the latest run per customer "
+            f"{runs['per_customer_sampled']['wall_ms_per_customer']:.1f} ms each, x "
+            f"{r['customers']} = {runs['per_customer_extrapolated_to_all_wall_s']:.0f} s "
             "(extrapolated)"
         )
     for r in results["published"]:

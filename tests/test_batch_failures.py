@@ -179,9 +179,7 @@ def test_a_batch_of_five_with_a_bad_file_and_a_failing_fit_forecasts_the_other_t
     now = datetime.now(UTC)
     facts = InstanceFacts.load(instance, customers)
     published = PublishedFacts.load(store, database, customers)
-    rows = {
-        c: customer_status(c, published, instance, facts, OverviewConfig(), now) for c in customers
-    }
+    rows = {c: customer_status(c, published, facts, OverviewConfig(), now) for c in customers}
     assert rows[bad_file].status == "failed" and "landing/raw_load failed" in rows[bad_file].why
     assert "broken.csv" in rows[bad_file].why
     assert rows[short].status == "failed"
@@ -210,5 +208,5 @@ def test_a_one_customer_run_whose_job_fails_records_the_reason_on_its_partition(
     assert "days of load data" in _failed_reason(instance, MODEL, short)
     facts = InstanceFacts.load(instance, [short])
     published = PublishedFacts.load(store, Database(), [short])
-    row = customer_status(short, published, instance, facts, OverviewConfig(), datetime.now(UTC))
+    row = customer_status(short, published, facts, OverviewConfig(), datetime.now(UTC))
     assert row.status == "failed" and "models/load_forecast_model failed" in row.why

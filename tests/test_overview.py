@@ -2,7 +2,7 @@
 approved, one rejected, one waiting for approval), each check's result on its own customer's
 partition, the overview ordered by what needs attention, and its automation condition."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -10,8 +10,14 @@ from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from forecast_assets.assets import REPORT_ASSETS, customer_overview_sensor
+from forecast_assets.assets.overview import (
+    FAILED_RUN_WINDOW,
+    CustomerStatus,
+    failed_latest_runs,
+    overview_markdown,
+    sort_rows,
+)
 from forecast_assets.assets.overview import KEY as OVERVIEW
-from forecast_assets.assets.overview import CustomerStatus, overview_markdown, sort_rows
 from forecast_assets.definitions import build_definitions
 from forecast_assets.demo_data import DEMO_CUSTOMERS
 from tests.conftest import land
@@ -210,3 +216,39 @@ def test_rows_are_ordered_by_what_needs_attention_first():
     assert "4 customers" in markdown and "1 failed, 1 pending, 1 stale, 1 ok" in markdown
     assert markdown.index("failed-co") < markdown.index("ok-co")
     assert "| **FAILED** | failed-co |" in markdown
+
+
+@dg.op(config_schema={"fail": bool})
+def _step(context: dg.OpExecutionContext) -> None:
+    if context.op_config["fail"]:
+        raise RuntimeError("planted failure")
+
+
+@dg.job
+def _one_step() -> None:
+    _step()
+
+
+def test_only_customers_whose_latest_run_failed_are_named(instance):
+    """The overview's run read: one query for the window's failed runs, then the latest run of
+    each customer that has one; a customer whose failed run was followed by a good one is fine."""
+
+    def run(customer: str, fail: bool) -> dg.ExecuteInProcessResult:
+        return _one_step.execute_in_process(
+            instance=instance,
+            run_config={"ops": {"_step": {"config": {"fail": fail}}}},
+            tags={"dagster/partition": customer},
+            raise_on_error=False,
+        )
+
+    failed = run("failed-last", True)
+    run("recovered", True)
+    run("recovered", False)
+    run("never-failed", False)
+    run("not-asked-for", True)
+    now = datetime.now(UTC)
+    found = failed_latest_runs(instance, {"failed-last", "recovered", "never-failed"}, now)
+    assert {c: r.run_id for c, r in found.items()} == {"failed-last": failed.run_id}
+    # Older than the window: by then the overview calls the customer stale instead.
+    assert failed_latest_runs(instance, {"failed-last"}, now + FAILED_RUN_WINDOW * 2) == {}
+    assert failed_latest_runs(instance, set(), now) == {}

@@ -3,7 +3,7 @@
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -11,6 +11,7 @@ import pandas as pd
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 from pydantic import Field
 
 from forecast_assets import publication
@@ -165,13 +166,17 @@ class InstanceFacts:
 
     failed_checks: Mapping[str, list[CheckResult]]
     batch_failures: Mapping[str, list[tuple[str, str]]]
+    failed_latest_runs: Mapping[str, dg.DagsterRun] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, instance: dg.DagsterInstance, customers: Iterable[str]) -> "InstanceFacts":
+    def load(
+        cls, instance: dg.DagsterInstance, customers: Iterable[str], now: datetime | None = None
+    ) -> "InstanceFacts":
         wanted = set(customers)
         return cls(
             failed_checks=failed_checks(instance, wanted),
             batch_failures=batch_failures(instance, wanted),
+            failed_latest_runs=failed_latest_runs(instance, wanted, now or datetime.now(UTC)),
         )
 
 
@@ -194,6 +199,34 @@ class PublishedFacts:
             forecasts=publication.current_many(store, FORECASTS, customers),
             newest_models=database.newest_models(),
         )
+
+
+# A failed run older than this is not looked at: by then the customer's data and forecast are
+# stale and the overview says so (max_data_age_hours, max_forecast_age_hours).
+FAILED_RUN_WINDOW = timedelta(days=7)
+
+
+def failed_latest_runs(
+    instance: dg.DagsterInstance, customers: set[str], now: datetime
+) -> dict[str, dg.DagsterRun]:
+    """Per customer whose latest one-customer run failed within ``FAILED_RUN_WINDOW``: that run.
+    One query for the window's failed runs of these customers, then one per customer that has
+    one (a later run may have succeeded)."""
+    if not customers:
+        return {}
+    failed = instance.get_runs(
+        dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.FAILURE],
+            tags={PARTITION_NAME_TAG: sorted(customers)},
+            created_after=now - FAILED_RUN_WINDOW,
+        )
+    )
+    found: dict[str, dg.DagsterRun] = {}
+    for customer in sorted({run.tags.get(PARTITION_NAME_TAG, "") for run in failed} & customers):
+        latest = instance.get_runs(dg.RunsFilter(tags={PARTITION_NAME_TAG: customer}), limit=1)
+        if latest and latest[0].status == dg.DagsterRunStatus.FAILURE:
+            found[customer] = latest[0]
+    return found
 
 
 def batch_failures(
@@ -271,7 +304,6 @@ def _model_figures(row: CustomerStatus, model: ModelVersion) -> None:
 def customer_status(
     customer: str,
     published: PublishedFacts,
-    instance: dg.DagsterInstance,
     facts: InstanceFacts,
     config: OverviewConfig,
     now: datetime,
@@ -325,9 +357,9 @@ def customer_status(
     for asset, reason in facts.batch_failures.get(customer, []):
         row.add("failed", f"{asset} failed: {reason}")
 
-    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": customer}), limit=1)
-    if runs and runs[0].status == dg.DagsterRunStatus.FAILURE:
-        row.add("failed", f"latest run {runs[0].run_id[:8]} ({runs[0].job_name}) failed")
+    run = facts.failed_latest_runs.get(customer)
+    if run is not None:
+        row.add("failed", f"latest run {run.run_id[:8]} ({run.job_name}) failed")
     return row
 
 
@@ -389,11 +421,9 @@ def customer_overview(
     """
     now = datetime.now(UTC)
     customers = context.instance.get_dynamic_partitions(customers_partitions_def.name)
-    facts = InstanceFacts.load(context.instance, customers)
+    facts = InstanceFacts.load(context.instance, customers, now)
     published = PublishedFacts.load(store, database, customers)
-    rows = sort_rows(
-        [customer_status(c, published, context.instance, facts, config, now) for c in customers]
-    )
+    rows = sort_rows([customer_status(c, published, facts, config, now) for c in customers])
     attention = [r.customer for r in rows if r.status != "ok"]
     if attention:
         context.log.info(f"{len(attention)} customer(s) need attention: {', '.join(attention)}")
