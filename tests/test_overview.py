@@ -168,7 +168,7 @@ def test_a_batch_puts_each_customers_check_results_on_its_own_partition(instance
 
 
 @pytest.mark.slow
-def test_the_overview_is_requested_when_a_customer_is_materialized_and_hourly(
+def test_the_overview_is_requested_after_a_customer_is_materialized_and_hourly(
     instance, data_home, store, local_resources
 ):
     land(store, [APPROVED], days=60)
@@ -193,12 +193,18 @@ def test_the_overview_is_requested_when_a_customer_is_materialized_and_hourly(
     assert quiet.total_requested == 0
 
     run_customer(defs, instance, APPROVED)  # the customer's data, model and forecast update
-    updated = tick(t0 + timedelta(minutes=2), quiet.cursor)
+    # Not at once: at the next 5-minute mark (10:10), however many customers updated by then.
+    waiting = tick(t0 + timedelta(minutes=2), quiet.cursor)
+    assert waiting.total_requested == 0
+    updated = tick(t0 + timedelta(minutes=5, seconds=30), waiting.cursor)
     assert updated.total_requested == 1
     dg.materialize(REPORT_ASSETS, resources=local_resources, instance=instance)
-    again = tick(t0 + timedelta(minutes=3), updated.cursor)
+    again = tick(t0 + timedelta(minutes=6), updated.cursor)
     assert again.total_requested == 0
-    hourly = tick(t0 + timedelta(minutes=56), again.cursor)
+    # A 5-minute mark with nothing new requests nothing.
+    nothing_new = tick(t0 + timedelta(minutes=10, seconds=30), again.cursor)
+    assert nothing_new.total_requested == 0
+    hourly = tick(t0 + timedelta(minutes=56), nothing_new.cursor)
     assert hourly.total_requested == 1
 
 
