@@ -1373,6 +1373,19 @@ def bench_plan(
     return result
 
 
+def plan_row(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """What a modelled row says of its plan: storage, batch size, customers, runs and the jobs
+    they launch (one per step per run)."""
+    runs = plan.get("planned_runs") or plan["runs"]
+    return {
+        "storage": plan.get("storage", "sqlite"),
+        "batch_size": plan["batch_size"],
+        "customers": plan["customers"],
+        "runs": runs,
+        "jobs": runs * len(JOB_STEPS),
+    }
+
+
 def submission_model(
     plans: Sequence[Mapping[str, Any]], creates_per_second: float = CREATES_PER_SECOND
 ) -> list[dict[str, Any]]:
@@ -1380,15 +1393,11 @@ def submission_model(
     ``creates_per_second`` per account and region, one call after another."""
     rows = []
     for plan in plans:
-        runs = plan.get("planned_runs") or plan["runs"]
-        jobs = runs * len(JOB_STEPS)
+        row = plan_row(plan)
+        runs, jobs = row["runs"], row["jobs"]
         rows.append(
             {
-                "storage": plan.get("storage", "sqlite"),
-                "batch_size": plan["batch_size"],
-                "customers": plan["customers"],
-                "runs": runs,
-                "jobs": jobs,
+                **row,
                 "creates_per_second_assumed": creates_per_second,
                 "seconds_per_step": runs / creates_per_second,
                 "seconds_all_steps": jobs / creates_per_second,
@@ -1404,19 +1413,15 @@ def startup_model(
     """Assumed SageMaker start-up per job (not measured): total and on the critical path."""
     rows = []
     for plan in plans:
-        runs = plan.get("planned_runs") or plan["runs"]
-        jobs = runs * len(JOB_STEPS)
+        row = plan_row(plan)
+        runs, jobs = row["runs"], row["jobs"]
         for s in startup_seconds:
             total = jobs * s
             # Each of the 3 steps launches one job per run; at most pool_limit at once.
             critical = sum(math.ceil(runs / pool_limit) * s for _ in JOB_STEPS)
             rows.append(
                 {
-                    "storage": plan.get("storage", "sqlite"),
-                    "batch_size": plan["batch_size"],
-                    "customers": plan["customers"],
-                    "runs": runs,
-                    "jobs": jobs,
+                    **row,
                     "jobs_per_step": runs,
                     "startup_seconds_per_job_assumed": s,
                     "pool_limit": pool_limit,

@@ -140,7 +140,7 @@ def require(
     store: ObjectStore, dataset: str, customers: list[str], what: str
 ) -> dict[str, Publication]:
     """Each customer's current ``dataset``; fails the step naming every customer that has none."""
-    found = {c: current(store, dataset, c) for c in customers}
+    found = current_many(store, dataset, customers)
     missing = [c for c, p in found.items() if p is None]
     if missing:
         upstream = PUBLISHED_BY.get(dataset, dataset)

@@ -173,7 +173,7 @@ class InstanceFacts:
 
     failed_checks: Mapping[str, list[CheckResult]]
     batch_failures: Mapping[str, list[tuple[str, str]]]
-    failed_latest_runs: Mapping[str, dg.DagsterRun] = field(default_factory=dict)
+    failed_latest_runs: Mapping[str, dg.DagsterRun]
 
     @classmethod
     def load(
@@ -208,8 +208,9 @@ class PublishedFacts:
         )
 
 
-# A failed run older than this is not looked at: by then the customer's data and forecast are
-# stale and the overview says so (max_data_age_hours, max_forecast_age_hours).
+# A failed run older than this is not looked at: by then a customer whose runs keep failing is
+# stale (max_data_age_hours, max_forecast_age_hours), and a failed step's reason stays on its
+# partition until the step succeeds (batch_failures).
 FAILED_RUN_WINDOW = timedelta(days=7)
 
 
